@@ -1,0 +1,1 @@
+"""Data, training, inference, evaluation and the command-line interface."""

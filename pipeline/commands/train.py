@@ -1,0 +1,13 @@
+"""`seg25d train` (placeholder until its issue lands)."""
+
+import sys
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("train", help="(not available yet)")
+    p.set_defaults(func=_unavailable)
+
+
+def _unavailable(args) -> int:
+    print("seg25d train: not available yet in this version", file=sys.stderr)
+    return 2

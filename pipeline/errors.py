@@ -1,0 +1,18 @@
+"""Errors for bad input: each names the file (or id) and the problem in one line."""
+
+from __future__ import annotations
+
+import os
+
+
+class InputError(ValueError):
+    """Bad user input. ``str(err)`` is one line: ``<where>: <problem>``.
+
+    The CLI prints it without a traceback and exits with status 2; batch commands record it
+    per case and go on with the others.
+    """
+
+    def __init__(self, where: str | os.PathLike | None, problem: str):
+        self.where = None if where is None else str(where)
+        self.problem = problem
+        super().__init__(problem if where is None else f"{where}: {problem}")
