@@ -1,0 +1,68 @@
+"""NIfTI (.nii, .nii.gz) through nibabel."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from seg25d.pipeline.errors import InputError
+from seg25d.pipeline.io.base import REVERSE, Volume, VolumeIO, VolumeMeta
+
+__all__ = ["NibabelIO"]
+
+
+class NibabelIO(VolumeIO):
+    """NIfTI-1/2 reader and writer.
+
+    The writer keeps the source header (data type aside), so the qform and sform with their codes, units
+    and description survive; for volumes that came from other formats it writes the affine as both qform and
+    sform (code 1, scanner).
+    """
+
+    extensions = (".nii.gz", ".nii")
+
+    def read(self, path: Path) -> Volume:
+        try:
+            img = nib.load(str(path))
+            data = np.asanyarray(img.dataobj)
+        except Exception as err:  # nibabel raises many types for corrupt files
+            raise InputError(path, f"cannot read NIfTI ({type(err).__name__}: {err})") from None
+        if data.ndim == 4 and data.shape[3] == 1:
+            data = data[..., 0]
+        if data.ndim != 3:
+            raise InputError(path, f"expected a 3D volume, got {data.ndim}D shape {tuple(data.shape)}")
+        array = np.ascontiguousarray(data.transpose(2, 1, 0))
+        meta = VolumeMeta(
+            shape=array.shape,
+            affine=np.asarray(img.affine, dtype=float) @ REVERSE,
+            format="nifti",
+            path=str(path),
+            extension=".nii.gz" if str(path).lower().endswith(".gz") else ".nii",
+            header=img.header.copy(),
+        )
+        return Volume(array, meta)
+
+    def write(self, path: Path, array: np.ndarray, meta: VolumeMeta) -> None:
+        data = np.asarray(array).transpose(2, 1, 0)
+        affine_ijk = np.asarray(meta.affine, dtype=float) @ REVERSE
+        header = meta.header
+        if isinstance(header, nib.Nifti1Header):  # Nifti2Header subclasses it
+            image_class = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
+            header = header.copy()
+            header.set_data_dtype(data.dtype)
+            img = image_class(data, None, header=header)
+            img.header.set_slope_inter(1.0, 0.0)
+            sform, scode = header.get_sform(coded=True)
+            qform, qcode = header.get_qform(coded=True)
+            img.set_sform(sform if sform is not None else affine_ijk, int(scode))
+            img.set_qform(qform if qform is not None else affine_ijk, int(qcode))
+            if not np.allclose(img.affine, affine_ijk, atol=1e-4):  # meta changed: its affine wins
+                img.set_sform(affine_ijk, 1)
+                img.set_qform(affine_ijk, 1)
+        else:
+            img = nib.Nifti1Image(data, affine_ijk)
+            img.set_qform(affine_ijk, 1)
+            img.set_sform(affine_ijk, 1)
+        nib.save(img, str(path))

@@ -1,0 +1,241 @@
+"""Dataset manifests: a CSV of cases plus a JSON sidecar declaring the classes.
+
+``M.csv`` has the columns ``case_id,image,label,split[,group]``; paths are relative to the CSV's folder; ``label``
+may be empty (inference-only sets); ``split`` is ``train``, ``val`` or ``test``; ``group`` (e.g. the patient)
+keeps related cases in one fold.
+
+``M.json`` (same name, ``.json``) declares the classes as a :class:`LabelSpec`::
+
+    {"classes": ["vessel"], "values": [1], "encoding": "index"}
+    {"classes": ["large_bowel", "small_bowel", "stomach"], "values": [1, 2, 4], "encoding": "bitmask"}
+
+``index``: each voxel holds one label; value ``values[k]`` means class ``k``, 0 background; other values are errors.
+``bitmask``: classes may overlap (the Kaggle organs do); a voxel holds the sum of the bits of the classes present.
+Without a sidecar, an index encoding is inferred from the nonzero values found in the label files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from seg25d.pipeline.atomic import write_csv, write_json
+from seg25d.pipeline.errors import InputError
+
+__all__ = [
+    "LabelSpec", "read_manifest", "write_manifest", "read_label_spec", "write_label_spec", "sidecar_path",
+    "SPLITS", "COLUMNS",
+]
+
+COLUMNS = ("case_id", "image", "label", "split", "group")
+SPLITS = ("train", "val", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelSpec:
+    """Class names and how a label volume encodes them (see the module docstring)."""
+
+    classes: tuple[str, ...]
+    values: tuple[int, ...]
+    encoding: str = "index"
+
+    def __post_init__(self):
+        object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
+        object.__setattr__(self, "values", tuple(int(v) for v in self.values))
+        if self.encoding not in ("index", "bitmask"):
+            raise ValueError(f"encoding must be 'index' or 'bitmask', got {self.encoding!r}")
+        if len(self.classes) != len(self.values) or not self.classes:
+            raise ValueError("classes and values must be non-empty and of equal length")
+        if len(set(self.classes)) != len(self.classes) or len(set(self.values)) != len(self.values):
+            raise ValueError("class names and values must be unique")
+        if any(v <= 0 for v in self.values):
+            raise ValueError("class values must be positive (0 is background)")
+        if self.encoding == "bitmask" and any(v & (v - 1) for v in self.values):
+            raise ValueError(f"bitmask values must be powers of two, got {self.values}")
+
+    @property
+    def multilabel(self) -> bool:
+        return self.encoding == "bitmask"
+
+    def masks(self, label: np.ndarray) -> np.ndarray:
+        """Boolean masks ``(K, *label.shape)``, one per class."""
+        label = np.asarray(label)
+        if self.multilabel:
+            return np.stack([(label.astype(np.int64) & v) != 0 for v in self.values])
+        return np.stack([label == v for v in self.values])
+
+    def encode(self, masks: np.ndarray) -> np.ndarray:
+        """Integer label volume from masks ``(K, ...)``. For ``index`` a later class wins where masks overlap."""
+        masks = np.asarray(masks, dtype=bool)
+        dtype = np.uint8 if max(self.values) < 256 else np.int32
+        out = np.zeros(masks.shape[1:], dtype=dtype)
+        for m, v in zip(masks, self.values):
+            if self.multilabel:
+                out[m] |= v
+            else:
+                out[m] = v
+        return out
+
+    def invalid_values(self, label: np.ndarray) -> list[int]:
+        """Values in ``label`` that this spec does not declare."""
+        present = np.unique(np.asarray(label))
+        if self.multilabel:
+            allowed = sum(self.values)
+            return [int(v) for v in present if v < 0 or (int(v) & ~allowed)]
+        return [int(v) for v in present if v != 0 and int(v) not in self.values]
+
+    def to_dict(self) -> dict:
+        return {"classes": list(self.classes), "values": list(self.values), "encoding": self.encoding}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "LabelSpec":
+        return cls(tuple(data["classes"]), tuple(data["values"]), data.get("encoding", "index"))
+
+    @classmethod
+    def infer(cls, values: Iterable[int]) -> "LabelSpec":
+        """An index spec naming each nonzero value ``class_<v>`` (``foreground`` for a binary 0/1 set)."""
+        values = sorted(int(v) for v in set(values) if v != 0) or [1]
+        names = ["foreground"] if values == [1] else [f"class_{v}" for v in values]
+        return cls(tuple(names), tuple(values), "index")
+
+
+def sidecar_path(manifest: str | os.PathLike) -> Path:
+    manifest = Path(manifest)
+    return manifest.with_suffix(".json")
+
+
+def read_label_spec(manifest: str | os.PathLike) -> LabelSpec | None:
+    """The manifest's class declaration, or None when it has no sidecar."""
+    path = sidecar_path(manifest)
+    if not path.exists():
+        return None
+    try:
+        return LabelSpec.from_dict(json.loads(path.read_text()))
+    except (ValueError, KeyError, TypeError) as err:
+        raise InputError(path, f"invalid class declaration ({err})") from None
+
+
+def write_label_spec(manifest: str | os.PathLike, spec: LabelSpec) -> Path:
+    path = sidecar_path(manifest)
+    write_json(path, spec.to_dict())
+    return path
+
+
+def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
+    """Load and validate a manifest; paths come back absolute, missing labels as None.
+
+    Raises InputError (naming the CSV and the row) for missing columns, empty or duplicate case ids, unknown
+    splits and empty image paths. File contents are checked by ``seg25d manifest check``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "manifest not found")
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except Exception as err:
+        raise InputError(path, f"cannot parse CSV ({err})") from None
+    missing = [c for c in ("case_id", "image") if c not in frame.columns]
+    if missing:
+        raise InputError(path, f"missing column(s) {', '.join(missing)}; expected {','.join(COLUMNS)}")
+    unknown = [c for c in frame.columns if c not in COLUMNS]
+    if unknown:
+        raise InputError(path, f"unknown column(s) {', '.join(unknown)}; expected {','.join(COLUMNS)}")
+    frame = frame.reindex(columns=list(COLUMNS), fill_value="")
+    frame = frame.apply(lambda col: col.str.strip())
+    for row, (case, image, split) in enumerate(zip(frame.case_id, frame.image, frame.split), start=2):
+        if not case:
+            raise InputError(path, f"line {row}: empty case_id")
+        if not image:
+            raise InputError(path, f"line {row} ({case}): empty image path")
+        if split and split not in SPLITS:
+            raise InputError(path, f"line {row} ({case}): split {split!r} is not one of {', '.join(SPLITS)}")
+    dup = frame.case_id[frame.case_id.duplicated()].unique()
+    if len(dup):
+        raise InputError(path, f"duplicate case_id {', '.join(dup[:5])}")
+    base = path.resolve().parent
+    frame["image"] = [str((base / p).resolve()) for p in frame.image]
+    frame["label"] = pd.Series([str((base / p).resolve()) if p else None for p in frame.label],
+                               index=frame.index, dtype=object)
+    frame["group"] = [g or c for g, c in zip(frame.group, frame.case_id)]
+    return frame
+
+
+def write_manifest(path: str | os.PathLike, rows: pd.DataFrame | Sequence[dict]) -> Path:
+    """Write a manifest atomically with paths relative to its folder."""
+    path = Path(path)
+    frame = pd.DataFrame(rows).copy()
+    base = path.resolve().parent
+    for col in ("image", "label"):
+        if col in frame:
+            frame[col] = [_relative(p, base) for p in frame[col]]
+    columns = [c for c in COLUMNS if c in frame.columns]
+    write_csv(path, frame[columns])
+    return path
+
+
+def _relative(p, base: Path) -> str:
+    if p is None or (isinstance(p, float) and np.isnan(p)) or p == "":
+        return ""
+    return os.path.relpath(Path(p).resolve(), base)
+
+
+def check_manifest(path: str | os.PathLike, spec: LabelSpec | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """Open every file of a manifest and validate it.
+
+    Returns a table (one row per case: shape, spacing, classes present, status) and the problems, one line
+    each naming the file and what is wrong: unreadable or corrupt files, non-3D data, NaN/Inf voxels, labels
+    whose size or geometry differs from the image, label values outside the declared classes.
+    """
+    from seg25d.pipeline.io import read_volume, same_geometry
+
+    frame = read_manifest(path)
+    spec = spec or read_label_spec(path)
+    rows, problems = [], []
+    labels = {}
+    for case in frame.itertuples():
+        row = {"case_id": case.case_id, "split": case.split, "shape": "", "spacing_mm": "", "classes": "", "status": "ok"}
+        case_problems = []
+        try:
+            image = read_volume(case.image)
+            row["shape"] = "x".join(map(str, image.meta.shape))
+            row["spacing_mm"] = "x".join(f"{s:.3g}" for s in image.meta.spacing)
+        except InputError as err:
+            case_problems.append(str(err))
+            image = None
+        if case.label:
+            try:
+                label = read_volume(case.label)
+                if label.array.dtype.kind == "f" and not np.array_equal(label.array, np.round(label.array)):
+                    case_problems.append(f"{case.label}: label volume holds non-integer values")
+                if image is not None and tuple(label.meta.shape) != tuple(image.meta.shape):
+                    case_problems.append(
+                        f"{case.label}: label shape {label.meta.shape} differs from image shape {image.meta.shape}")
+                elif image is not None and not same_geometry(label.meta, image.meta):
+                    case_problems.append(f"{case.label}: label geometry (spacing/origin/direction) differs from the image's")
+                labels[case.case_id] = (case.label, np.unique(label.array))
+            except InputError as err:
+                case_problems.append(str(err))
+        if case_problems:
+            row["status"] = "problem"
+        problems += case_problems
+        rows.append(row)
+    if spec is None and labels:
+        spec = LabelSpec.infer(np.unique(np.concatenate([v for _, v in labels.values()])))
+    table = pd.DataFrame(rows)
+    for i, row in table.iterrows():
+        if row.case_id in labels:
+            label_path, values = labels[row.case_id]
+            bad = spec.invalid_values(values)
+            if bad:
+                problems.append(f"{label_path}: label values {bad} outside the declared classes "
+                                f"{dict(zip(spec.classes, spec.values))} ({spec.encoding})")
+                table.loc[i, "status"] = "problem"
+            present = [c for c, m in zip(spec.classes, spec.masks(values)) if m.any()]
+            table.loc[i, "classes"] = (",".join(present) if len(present) <= 4 else f"{len(present)} classes") or "-"
+    return table, problems

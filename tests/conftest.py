@@ -1,0 +1,29 @@
+"""Shared fixtures: where the real test data lives, small deterministic helpers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+_REPO = Path(__file__).resolve().parents[1]
+
+
+def _find_realdata() -> Path | None:
+    candidates = [os.environ.get("SEG25D_REALDATA"), _REPO.parent / "shared" / "realdata", "/work/shared/realdata"]
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "README.md").is_file():
+            return Path(candidate)
+    return None
+
+
+REALDATA = _find_realdata()
+
+
+@pytest.fixture(scope="session")
+def realdata() -> Path:
+    """The read-only real volumes (``../shared/realdata`` or ``$SEG25D_REALDATA``); skips when absent."""
+    if REALDATA is None:
+        pytest.skip("real test data not found (set SEG25D_REALDATA or place it at ../shared/realdata)")
+    return REALDATA
