@@ -1,0 +1,355 @@
+"""Projectors built from a :class:`~seg25d.projections.geometry.Geometry`: Radon, its adjoint, and MIP.
+
+Inner product: the plain sum over voxels and over detector cells. :class:`RayBackprojection` is the exact
+transpose of :class:`RayTransform` (``<R x, y> = <x, R* y>`` to rounding), and autograd uses each as the
+other's derivative. Index and weight tables are built once per (geometry, device, dtype), vectorised, and
+cached.
+
+Shapes: volumes ``(B, C, D, H, W)``; projections ``(B, C, P, V, U)`` with ``P`` views and the geometry's
+``(V, U)`` detector. Axis views fill the detector rows of their volume rows and leave the rest 0 (radon) or
+at the fill value (MIP: the volume's minimum per batch item and channel, the MIP of an empty ray).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import scipy.sparse
+import torch
+
+from seg25d.projections import general_views
+from seg25d.projections.axis_tables import mip_tables, plane_axes, splat_matrix
+from seg25d.projections.geometry import Geometry
+
+__all__ = ["RayTransform", "RayBackprojection", "MaxIntensityProjection", "projector_plan"]
+
+_CHUNK = 1 << 20  # elements per MIP temporary: keeps gathers in cache and memory below the volume's size
+
+
+def _torch_csr(matrix: scipy.sparse.csr_matrix, device, dtype) -> torch.Tensor:
+    matrix.sort_indices()
+    return torch.sparse_csr_tensor(
+        torch.as_tensor(matrix.indptr.astype(np.int64), device=device),
+        torch.as_tensor(matrix.indices.astype(np.int64), device=device),
+        torch.as_tensor(matrix.data, dtype=dtype, device=device), matrix.shape)
+
+
+class _AxisGroup:
+    """Views rotating about one axis: a sparse radon matrix for the plane and Joseph tables for MIP."""
+
+    def __init__(self, geometry: Geometry, views: np.ndarray, device, dtype):
+        self.geometry, self.views = geometry, views
+        self.index = torch.as_tensor(views, device=device)
+        self.axis = geometry.axes[views[0]]
+        self.p, self.q = plane_axes(self.axis)
+        self.offset = geometry.row_offset(self.axis)
+        self.device, self.dtype = device, dtype
+        rows, cols, vals, shape = splat_matrix(geometry, views)
+        matrix = scipy.sparse.csr_matrix((vals, (rows, cols)), shape=shape)
+        self.matrix = _torch_csr(matrix, device, dtype)
+        self.matrix_t = _torch_csr(matrix.T.tocsr(), device, dtype)
+        perm = (2 + self.p, 2 + self.q, 2 + self.axis, 0, 1)
+        self.perm, self.inverse = perm, tuple(int(i) for i in np.argsort(perm))
+
+    @functools.cached_property
+    def mip_tables(self):
+        tables = []
+        for view in self.views:
+            i0, i1, alpha, k = mip_tables(self.geometry, int(view))
+            tables.append((torch.as_tensor(i0, device=self.device), torch.as_tensor(i1, device=self.device),
+                           torch.as_tensor(alpha, dtype=self.dtype, device=self.device)[:, None], k))
+        return tables
+
+    # layouts: plane (Np*Nq, Na*B*C) <-> volume (B, C, D, H, W); detector (Pg*U, Na*B*C) <-> (B, C, Pg, Na, U)
+    def to_plane(self, x):
+        return x.permute(self.perm).reshape(-1, x.shape[2 + self.axis] * x.shape[0] * x.shape[1])
+
+    def from_plane(self, xt, b, c):
+        shape = self.geometry.shape
+        return xt.view(shape[self.p], shape[self.q], shape[self.axis], b, c).permute(self.inverse)
+
+    def to_volume_rows(self, y):
+        rows = self.geometry.shape[self.axis]
+        y = y.index_select(2, self.index)[:, :, :, self.offset:self.offset + rows]
+        return y.permute(2, 4, 3, 0, 1).reshape(-1, rows * y.shape[0] * y.shape[1])
+
+    def from_volume_rows(self, yt, b, c):
+        rows, u = self.geometry.shape[self.axis], self.geometry.detector_shape[1]
+        y = yt.view(len(self.views), u, rows, b, c).permute(3, 4, 0, 2, 1)
+        pad = self.geometry.detector_shape[0] - rows - self.offset
+        return torch.nn.functional.pad(y, (0, 0, self.offset, pad))
+
+    def radon(self, x):
+        return self.from_volume_rows(torch.sparse.mm(self.matrix, self.to_plane(x)), x.shape[0], x.shape[1])
+
+    def backproject(self, y):
+        return self.from_plane(torch.sparse.mm(self.matrix_t, self.to_volume_rows(y)), y.shape[0], y.shape[1])
+
+    def mip(self, x, want_argmax: bool):
+        b, c = x.shape[:2]
+        xt = self.to_plane(x)
+        rows = self.geometry.shape[self.axis]
+        fill = xt.amin(0).view(rows, b * c).amin(0).repeat(rows)
+        xe = torch.cat([xt, fill[None]], dim=0)
+        cols = xe.shape[1]
+        u_count = self.geometry.detector_shape[1]
+        out = xt.new_empty(len(self.views), u_count, cols)
+        args = torch.empty(out.shape, dtype=torch.long, device=x.device) if want_argmax else None
+        for n, (i0, i1, alpha, k) in enumerate(self.mip_tables):
+            chunk = max(1, _CHUNK // (k * cols))
+            for s in range(0, u_count, chunk):
+                e = min(u_count, s + chunk)
+                sl = slice(s * k, e * k)
+                v = torch.lerp(xe.index_select(0, i0[sl]), xe.index_select(0, i1[sl]), alpha[sl]).view(e - s, k, cols)
+                if want_argmax:
+                    torch.max(v, dim=1, out=(out[n, s:e], args[n, s:e]))
+                else:
+                    torch.amax(v, dim=1, out=out[n, s:e])
+        y = self.from_volume_rows(out.view(-1, cols), b, c)
+        if self.offset or y.shape[3] != rows:  # rows beyond the volume see nothing: fill value
+            mask = torch.zeros(y.shape[3], dtype=torch.bool, device=y.device)
+            mask[self.offset:self.offset + rows] = True
+            y = torch.where(mask[:, None], y, fill.view(rows, b, c)[0].view(b, c, 1, 1, 1))
+        return y, args
+
+    def mip_lift(self, y, args):
+        b, c = y.shape[:2]
+        yt = self.to_volume_rows(y).view(len(self.views), -1, args.shape[-1])
+        n_plane = self.matrix.shape[1]
+        cols = yt.shape[-1]
+        out = yt.new_zeros((n_plane + 1) * cols)
+        column = torch.arange(cols, device=y.device)
+        for n, (i0, i1, alpha, k) in enumerate(self.mip_tables):
+            s = torch.arange(yt.shape[1], device=y.device)[:, None] * k + args[n]
+            a = alpha[:, 0][s]
+            out.index_add_(0, (i0[s] * cols + column).reshape(-1), (yt[n] * (1 - a)).reshape(-1))
+            out.index_add_(0, (i1[s] * cols + column).reshape(-1), (yt[n] * a).reshape(-1))
+        return self.from_plane(out.view(n_plane + 1, cols)[:n_plane], b, c)
+
+
+class _GeneralGroup:
+    """General views, computed on the fly (see :mod:`seg25d.projections.general_views`)."""
+
+    def __init__(self, geometry: Geometry, views: np.ndarray, device, dtype):
+        self.geometry, self.views = geometry, [int(v) for v in views]
+        self.index = torch.as_tensor(views, device=device)
+        self.coords = general_views.voxel_coordinates(geometry.shape, geometry.spacing, device, dtype)
+
+    @staticmethod
+    def _flat(x):
+        return x.reshape(x.shape[0] * x.shape[1], -1).t()
+
+    def _volume(self, xt, b, c):
+        return xt.t().reshape(b, c, *self.geometry.shape)
+
+    def _stack(self, images, b, c):
+        rows, cols = self.geometry.detector_shape
+        return torch.stack([img.t().reshape(b, c, rows, cols) for img in images], dim=2)
+
+    def _views(self, y):
+        return [y[:, :, n].reshape(y.shape[0] * y.shape[1], -1).t() for n in range(y.shape[2])]
+
+    def radon(self, x):
+        xt = self._flat(x)
+        return self._stack([general_views.radon(self.geometry, v, xt, self.coords) for v in self.views], *x.shape[:2])
+
+    def backproject(self, y):
+        yg = y.index_select(2, self.index)
+        out = sum(general_views.backproject(self.geometry, v, yv, self.coords)
+                  for v, yv in zip(self.views, self._views(yg)))
+        return self._volume(out, *y.shape[:2])
+
+    def mip(self, x, want_argmax: bool):
+        xt = self._flat(x)
+        results = [general_views.mip(self.geometry, v, xt, want_argmax) for v in self.views]
+        y = self._stack([r[0] for r in results], *x.shape[:2])
+        return y, ([r[1] for r in results] if want_argmax else None)
+
+    def mip_lift(self, y, args):
+        yg = y.index_select(2, self.index)
+        n_vox = self.coords.shape[0]
+        out = sum(general_views.mip_lift(self.geometry, v, yv, a, n_vox)
+                  for v, yv, a in zip(self.views, self._views(yg), args))
+        return self._volume(out, *y.shape[:2])
+
+
+class _Plan:
+    """All cached tables of one geometry on one device and dtype."""
+
+    def __init__(self, geometry: Geometry, device, dtype):
+        self.geometry = geometry
+        self.groups = [(_AxisGroup if axis >= 0 else _GeneralGroup)(geometry, views, device, dtype)
+                       for axis, views in geometry.view_groups.items()]
+
+    def _check_volume(self, x):
+        if x.dim() != 5 or tuple(x.shape[2:]) != self.geometry.shape:
+            raise ValueError(f"expected a volume (B, C, {', '.join(map(str, self.geometry.shape))}), "
+                             f"got {tuple(x.shape)}")
+
+    def _check_projections(self, y):
+        expected = (len(self.geometry), *self.geometry.detector_shape)
+        if y.dim() != 5 or tuple(y.shape[2:]) != expected:
+            raise ValueError(f"expected projections (B, C, {', '.join(map(str, expected))}), got {tuple(y.shape)}")
+
+    def _assemble(self, parts, x):
+        if len(parts) == 1 and len(self.groups[0].views) == len(self.geometry):
+            return parts[0]
+        out = x.new_empty(x.shape[0], x.shape[1], len(self.geometry), *self.geometry.detector_shape)
+        for group, part in zip(self.groups, parts):
+            out.index_copy_(2, group.index, part)
+        return out
+
+    def radon(self, x):
+        self._check_volume(x)
+        x = x.contiguous()
+        return self._assemble([g.radon(x) for g in self.groups], x)
+
+    def backproject(self, y):
+        self._check_projections(y)
+        y = y.contiguous()
+        out = None
+        for g in self.groups:
+            part = g.backproject(y)
+            out = part.contiguous() if out is None else out.add_(part)
+        return out
+
+    def mip(self, x, want_argmax=False):
+        self._check_volume(x)
+        x = x.contiguous()
+        results = [g.mip(x, want_argmax) for g in self.groups]
+        return self._assemble([r[0] for r in results], x), [r[1] for r in results]
+
+    def mip_lift(self, y, args):
+        self._check_projections(y)
+        y = y.contiguous()
+        out = None
+        for g, a in zip(self.groups, args):
+            part = g.mip_lift(y, a)
+            out = part.contiguous() if out is None else out.add_(part)
+        return out
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_plan(geometry: Geometry, device: str, dtype: torch.dtype) -> _Plan:
+    return _Plan(geometry, torch.device(device), dtype)
+
+
+def projector_plan(geometry: Geometry, like: torch.Tensor) -> _Plan:
+    """The cached tables of ``geometry`` for tensors on ``like``'s device and dtype."""
+    return _cached_plan(geometry, str(like.device), like.dtype)
+
+
+class _RadonFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, geometry):
+        ctx.geometry = geometry
+        return projector_plan(geometry, x).radon(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return projector_plan(ctx.geometry, grad).backproject(grad), None
+
+
+class _BackprojectFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, y, geometry):
+        ctx.geometry = geometry
+        return projector_plan(geometry, y).backproject(y)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return projector_plan(ctx.geometry, grad).radon(grad), None
+
+
+class _MIPFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, geometry):
+        ctx.geometry = geometry
+        y, ctx.args = projector_plan(geometry, x).mip(x, want_argmax=True)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        return projector_plan(ctx.geometry, grad).mip_lift(grad, ctx.args), None
+
+
+class RayTransform:
+    """Radon transform (line sums in mm x intensity) along every view of ``geometry``.
+
+    Example:
+        >>> from seg25d.projections import axis_geometry
+        >>> R = RayTransform(axis_geometry((2, 5, 5), 4))
+        >>> x = torch.ones(1, 1, 2, 5, 5)
+        >>> R(x).sum(dim=-1)  # mass per row and view: 25 voxels of 1 mm^2 each
+        tensor([[[[25., 25.],
+                  [25., 25.],
+                  [25., 25.],
+                  [25., 25.]]]])
+    """
+
+    def __init__(self, geometry: Geometry):
+        self.geometry = geometry
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return _RadonFn.apply(x, self.geometry)
+
+    @property
+    def adjoint(self) -> "RayBackprojection":
+        return RayBackprojection(self.geometry)
+
+    def __repr__(self) -> str:
+        return f"RayTransform({self.geometry!r})"
+
+
+class RayBackprojection:
+    """The exact adjoint of :class:`RayTransform`: smears each detector value back along its ray."""
+
+    def __init__(self, geometry: Geometry):
+        self.geometry = geometry
+
+    def __call__(self, y: torch.Tensor) -> torch.Tensor:
+        return _BackprojectFn.apply(y, self.geometry)
+
+    @property
+    def adjoint(self) -> RayTransform:
+        return RayTransform(self.geometry)
+
+    def __repr__(self) -> str:
+        return f"RayBackprojection({self.geometry!r})"
+
+
+class MaxIntensityProjection:
+    """Maximum along every ray of ``geometry`` (Joseph sampling, linear interpolation).
+
+    Nonlinear, so it has no adjoint; its derivative sends a gradient to the voxels each maximum came
+    from, and :meth:`lift` applies that same map to any detector data (e.g. 2D masks), given the
+    ``argmax`` returned by :meth:`with_argmax`.
+    """
+
+    def __init__(self, geometry: Geometry):
+        self.geometry = geometry
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.requires_grad:
+            return _MIPFn.apply(x, self.geometry)
+        return projector_plan(self.geometry, x).mip(x)[0]
+
+    def with_argmax(self, x: torch.Tensor):
+        """``(projections, argmax)``; ``argmax`` is opaque, for :meth:`lift`."""
+        with torch.no_grad():
+            return projector_plan(self.geometry, x).mip(x, want_argmax=True)
+
+    def lift(self, y: torch.Tensor, argmax) -> torch.Tensor:
+        """Put each detector value of ``y`` (B, C, P, V, U) into the voxels its ray's maximum came from.
+
+        Linear in ``y`` and differentiable (plain torch gathers and scatters).
+        """
+        return projector_plan(self.geometry, y).mip_lift(y, argmax)
+
+    @property
+    def adjoint(self):
+        raise NotImplementedError("MIP is nonlinear and has no adjoint; use lift() for its derivative's adjoint")
+
+    def __repr__(self) -> str:
+        return f"MaxIntensityProjection({self.geometry!r})"
