@@ -1,0 +1,74 @@
+"""Layer factories shared by the 2D and 3D networks (``spatial_dims`` picks Conv2d or Conv3d, ...)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+__all__ = ["conv", "norm", "activation", "ConvBlock", "center_crop", "pad_to_multiple", "NORMS", "ACTIVATIONS"]
+
+NORMS = ("batch", "instance", "none")
+ACTIVATIONS = ("relu", "leaky_relu")
+
+
+def conv(spatial_dims: int):
+    return {2: nn.Conv2d, 3: nn.Conv3d}[spatial_dims]
+
+
+def norm(kind: str, spatial_dims: int, channels: int) -> nn.Module:
+    if kind == "batch":
+        return {2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[spatial_dims](channels)
+    if kind == "instance":
+        return {2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}[spatial_dims](channels, affine=True)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"norm must be one of {NORMS}, got {kind!r}")
+
+
+def activation(kind: str) -> nn.Module:
+    if kind == "relu":
+        return nn.ReLU(inplace=True)
+    if kind == "leaky_relu":
+        return nn.LeakyReLU(0.01, inplace=True)
+    raise ValueError(f"activation must be one of {ACTIVATIONS}, got {kind!r}")
+
+
+class ConvBlock(nn.Sequential):
+    """Two 3x3 convolutions, each followed by normalisation and activation (optional dropout at the end).
+
+    ``padding="valid"`` shrinks each spatial size by 4, as in the original U-Net.
+    """
+
+    def __init__(self, spatial_dims, in_channels, out_channels, norm_kind="batch", act="relu", padding="same",
+                 dropout=0.0):
+        pad = {"same": 1, "valid": 0}[padding]
+        bias = norm_kind == "none"
+        layers = []
+        for c_in in (in_channels, out_channels):
+            layers += [conv(spatial_dims)(c_in, out_channels, 3, padding=pad, bias=bias),
+                       norm(norm_kind, spatial_dims, out_channels), activation(act)]
+        if dropout:
+            layers.append({2: nn.Dropout2d, 3: nn.Dropout3d}[spatial_dims](dropout))
+        super().__init__(*layers)
+
+
+def center_crop(x: torch.Tensor, size) -> torch.Tensor:
+    """Crop the trailing spatial dims of ``x`` to ``size`` around the centre (copy-and-crop skips)."""
+    slices = [slice(None)] * (x.dim() - len(size))
+    for have, want in zip(x.shape[-len(size):], size):
+        start = (have - want) // 2
+        slices.append(slice(start, start + want))
+    return x[tuple(slices)]
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int, spatial_dims: int, mode: str = "replicate"):
+    """Pad trailing spatial dims up to a multiple; returns the padded tensor and the original sizes."""
+    sizes = tuple(x.shape[-spatial_dims:])
+    pads = []
+    for n in reversed(sizes):
+        extra = (-n) % multiple
+        pads += [extra // 2, extra - extra // 2]
+    if any(pads):
+        x = F.pad(x, pads, mode=mode)
+    return x, sizes
