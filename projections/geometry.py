@@ -104,10 +104,20 @@ class Geometry:
         return len(self.axes)
 
     def __getitem__(self, index) -> "Geometry":
-        idx = np.arange(len(self))[index]
-        idx = np.atleast_1d(idx)
-        return Geometry(self.shape, self.spacing, np.asarray(self.axes)[idx], np.asarray(self.angles)[idx],
-                        self.rays[idx], self.u_axes[idx], self.v_axes[idx], self.detector_shape, self.du)
+        idx = np.atleast_1d(np.arange(len(self))[index])
+        sub = Geometry(self.shape, self.spacing, np.asarray(self.axes)[idx], np.asarray(self.angles)[idx],
+                       self.rays[idx], self.u_axes[idx], self.v_axes[idx], self.detector_shape, self.du)
+        parent, views = self.root
+        sub._root = (parent, views[idx])
+        return sub
+
+    @property
+    def root(self) -> tuple["Geometry", np.ndarray]:
+        """The geometry this one was sliced from (itself if none) and the indices of its views there.
+
+        Projectors reuse the root's cached tables for slices, e.g. random subsets of views in training.
+        """
+        return getattr(self, "_root", None) or (self, np.arange(len(self)))
 
     def __eq__(self, other) -> bool:
         return isinstance(other, Geometry) and self._key == other._key

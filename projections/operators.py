@@ -70,13 +70,14 @@ class _AxisGroup:
         return xt.view(shape[self.p], shape[self.q], shape[self.axis], b, c).permute(self.inverse)
 
     def to_volume_rows(self, y):
+        """Detector images of this group's views ``(B, C, Pg, V, U)`` -> ``(Pg * U, N_a * B * C)``."""
         rows = self.geometry.shape[self.axis]
-        y = y.index_select(2, self.index)[:, :, :, self.offset:self.offset + rows]
+        y = y[:, :, :, self.offset:self.offset + rows]
         return y.permute(2, 4, 3, 0, 1).reshape(-1, rows * y.shape[0] * y.shape[1])
 
-    def from_volume_rows(self, yt, b, c):
+    def from_volume_rows(self, yt, b, c, n_views=None):
         rows, u = self.geometry.shape[self.axis], self.geometry.detector_shape[1]
-        y = yt.view(len(self.views), u, rows, b, c).permute(3, 4, 0, 2, 1)
+        y = yt.view(n_views or len(self.views), u, rows, b, c).permute(3, 4, 0, 2, 1)
         pad = self.geometry.detector_shape[0] - rows - self.offset
         return torch.nn.functional.pad(y, (0, 0, self.offset, pad))
 
@@ -84,9 +85,11 @@ class _AxisGroup:
         return self.from_volume_rows(torch.sparse.mm(self.matrix, self.to_plane(x)), x.shape[0], x.shape[1])
 
     def backproject(self, y):
+        """``y`` holds this group's views, in order."""
         return self.from_plane(torch.sparse.mm(self.matrix_t, self.to_volume_rows(y)), y.shape[0], y.shape[1])
 
-    def mip(self, x, want_argmax: bool):
+    def mip(self, x, want_argmax: bool, local: np.ndarray):
+        """MIP of the group's views ``local`` (positions in this group): ``(B, C, len(local), V, U)``."""
         b, c = x.shape[:2]
         xt = self.to_plane(x)
         rows = self.geometry.shape[self.axis]
@@ -94,9 +97,10 @@ class _AxisGroup:
         xe = torch.cat([xt, fill[None]], dim=0)
         cols = xe.shape[1]
         u_count = self.geometry.detector_shape[1]
-        out = xt.new_empty(len(self.views), u_count, cols)
+        out = xt.new_empty(len(local), u_count, cols)
         args = torch.empty(out.shape, dtype=torch.long, device=x.device) if want_argmax else None
-        for n, (i0, i1, alpha, k) in enumerate(self.mip_tables):
+        for n, view in enumerate(local):
+            i0, i1, alpha, k = self.mip_tables[view]
             chunk = max(1, _CHUNK // (k * cols))
             for s in range(0, u_count, chunk):
                 e = min(u_count, s + chunk)
@@ -106,21 +110,23 @@ class _AxisGroup:
                     torch.max(v, dim=1, out=(out[n, s:e], args[n, s:e]))
                 else:
                     torch.amax(v, dim=1, out=out[n, s:e])
-        y = self.from_volume_rows(out.view(-1, cols), b, c)
+        y = self.from_volume_rows(out.view(-1, cols), b, c, len(local))
         if self.offset or y.shape[3] != rows:  # rows beyond the volume see nothing: fill value
             mask = torch.zeros(y.shape[3], dtype=torch.bool, device=y.device)
             mask[self.offset:self.offset + rows] = True
             y = torch.where(mask[:, None], y, fill.view(rows, b, c)[0].view(b, c, 1, 1, 1))
         return y, args
 
-    def mip_lift(self, y, args):
+    def mip_lift(self, y, args, local: np.ndarray):
+        """``y`` holds the views ``local`` of this group, in order; ``args`` from :meth:`mip` on them."""
         b, c = y.shape[:2]
-        yt = self.to_volume_rows(y).view(len(self.views), -1, args.shape[-1])
+        yt = self.to_volume_rows(y).view(len(local), -1, args.shape[-1])
         n_plane = self.matrix.shape[1]
         cols = yt.shape[-1]
         out = yt.new_zeros((n_plane + 1) * cols)
         column = torch.arange(cols, device=y.device)
-        for n, (i0, i1, alpha, k) in enumerate(self.mip_tables):
+        for n, view in enumerate(local):
+            i0, i1, alpha, k = self.mip_tables[view]
             s = torch.arange(yt.shape[1], device=y.device)[:, None] * k + args[n]
             a = alpha[:, 0][s]
             out.index_add_(0, (i0[s] * cols + column).reshape(-1), (yt[n] * (1 - a)).reshape(-1))
@@ -155,32 +161,52 @@ class _GeneralGroup:
         return self._stack([general_views.radon(self.geometry, v, xt, self.coords) for v in self.views], *x.shape[:2])
 
     def backproject(self, y):
-        yg = y.index_select(2, self.index)
         out = sum(general_views.backproject(self.geometry, v, yv, self.coords)
-                  for v, yv in zip(self.views, self._views(yg)))
+                  for v, yv in zip(self.views, self._views(y)))
         return self._volume(out, *y.shape[:2])
 
-    def mip(self, x, want_argmax: bool):
+    def mip(self, x, want_argmax: bool, local: np.ndarray):
         xt = self._flat(x)
-        results = [general_views.mip(self.geometry, v, xt, want_argmax) for v in self.views]
+        results = [general_views.mip(self.geometry, self.views[n], xt, want_argmax) for n in local]
         y = self._stack([r[0] for r in results], *x.shape[:2])
         return y, ([r[1] for r in results] if want_argmax else None)
 
-    def mip_lift(self, y, args):
-        yg = y.index_select(2, self.index)
+    def mip_lift(self, y, args, local: np.ndarray):
         n_vox = self.coords.shape[0]
-        out = sum(general_views.mip_lift(self.geometry, v, yv, a, n_vox)
-                  for v, yv, a in zip(self.views, self._views(yg), args))
+        out = sum(general_views.mip_lift(self.geometry, self.views[n], yv, a, n_vox)
+                  for n, yv, a in zip(local, self._views(y), args))
         return self._volume(out, *y.shape[:2])
 
 
 class _Plan:
-    """All cached tables of one geometry on one device and dtype."""
+    """All cached tables of one geometry on one device and dtype; methods act on a subset of its views."""
 
     def __init__(self, geometry: Geometry, device, dtype):
         self.geometry = geometry
         self.groups = [(_AxisGroup if axis >= 0 else _GeneralGroup)(geometry, views, device, dtype)
                        for axis, views in geometry.view_groups.items()]
+        # view -> (group number, position in the group)
+        self.where = {}
+        for g, group in enumerate(self.groups):
+            for pos, view in enumerate(group.views):
+                self.where[int(view)] = (g, pos)
+
+    def split(self, views: np.ndarray):
+        """Per group: (group, positions in the group, positions in ``views``) of the requested views."""
+        parts = {}
+        for out_pos, view in enumerate(views):
+            g, pos = self.where[int(view)]
+            parts.setdefault(g, ([], []))
+            parts[g][0].append(pos), parts[g][1].append(out_pos)
+        return [(self.groups[g], np.asarray(local), np.asarray(out)) for g, (local, out) in sorted(parts.items())]
+
+
+class _PlanView:
+    """A plan restricted to some views of its geometry (a sliced geometry reuses its parent's tables)."""
+
+    def __init__(self, plan: _Plan, views: np.ndarray, geometry: Geometry):
+        self.plan, self.views, self.geometry = plan, views, geometry
+        self.full = len(views) == len(plan.geometry) and bool((views == np.arange(len(views))).all())
 
     def _check_volume(self, x):
         if x.dim() != 5 or tuple(x.shape[2:]) != self.geometry.shape:
@@ -188,44 +214,58 @@ class _Plan:
                              f"got {tuple(x.shape)}")
 
     def _check_projections(self, y):
-        expected = (len(self.geometry), *self.geometry.detector_shape)
+        expected = (len(self.views), *self.geometry.detector_shape)
         if y.dim() != 5 or tuple(y.shape[2:]) != expected:
             raise ValueError(f"expected projections (B, C, {', '.join(map(str, expected))}), got {tuple(y.shape)}")
 
-    def _assemble(self, parts, x):
-        if len(parts) == 1 and len(self.groups[0].views) == len(self.geometry):
-            return parts[0]
-        out = x.new_empty(x.shape[0], x.shape[1], len(self.geometry), *self.geometry.detector_shape)
-        for group, part in zip(self.groups, parts):
-            out.index_copy_(2, group.index, part)
-        return out
+    def _full(self, y):
+        """Projections of the selected views, zero-filled to all of the plan's views."""
+        if self.full:
+            return y
+        out = y.new_zeros(y.shape[0], y.shape[1], len(self.plan.geometry), *y.shape[3:])
+        return out.index_copy_(2, torch.as_tensor(self.views, device=y.device), y)
 
     def radon(self, x):
         self._check_volume(x)
         x = x.contiguous()
-        return self._assemble([g.radon(x) for g in self.groups], x)
+        parts = [(group.index, group.radon(x)) for group in self.plan.groups]
+        if len(parts) == 1 and self.full:
+            return parts[0][1]
+        out = x.new_empty(x.shape[0], x.shape[1], len(self.plan.geometry), *self.geometry.detector_shape)
+        for index, part in parts:
+            out.index_copy_(2, index, part)
+        return out if self.full else out.index_select(2, torch.as_tensor(self.views, device=x.device))
 
     def backproject(self, y):
         self._check_projections(y)
-        y = y.contiguous()
+        y = self._full(y.contiguous())
         out = None
-        for g in self.groups:
-            part = g.backproject(y)
+        for group in self.plan.groups:
+            part = group.backproject(y.index_select(2, group.index) if len(self.plan.groups) > 1 else y)
             out = part.contiguous() if out is None else out.add_(part)
         return out
 
     def mip(self, x, want_argmax=False):
         self._check_volume(x)
         x = x.contiguous()
-        results = [g.mip(x, want_argmax) for g in self.groups]
-        return self._assemble([r[0] for r in results], x), [r[1] for r in results]
+        out, args = None, []
+        for group, local, positions in self.plan.split(self.views):
+            part, arg = group.mip(x, want_argmax, local)
+            if out is None and len(local) == len(self.views):
+                out = part
+            else:
+                if out is None:
+                    out = x.new_empty(x.shape[0], x.shape[1], len(self.views), *self.geometry.detector_shape)
+                out.index_copy_(2, torch.as_tensor(positions, device=x.device), part)
+            args.append(arg)
+        return out, args
 
     def mip_lift(self, y, args):
         self._check_projections(y)
         y = y.contiguous()
         out = None
-        for g, a in zip(self.groups, args):
-            part = g.mip_lift(y, a)
+        for (group, local, positions), arg in zip(self.plan.split(self.views), args):
+            part = group.mip_lift(y.index_select(2, torch.as_tensor(positions, device=y.device)), arg, local)
             out = part.contiguous() if out is None else out.add_(part)
         return out
 
@@ -235,9 +275,13 @@ def _cached_plan(geometry: Geometry, device: str, dtype: torch.dtype) -> _Plan:
     return _Plan(geometry, torch.device(device), dtype)
 
 
-def projector_plan(geometry: Geometry, like: torch.Tensor) -> _Plan:
-    """The cached tables of ``geometry`` for tensors on ``like``'s device and dtype."""
-    return _cached_plan(geometry, str(like.device), like.dtype)
+def projector_plan(geometry: Geometry, like: torch.Tensor) -> _PlanView:
+    """The cached tables of ``geometry`` for tensors on ``like``'s device and dtype.
+
+    A geometry sliced from another (``geometry[idx]``) shares its parent's tables.
+    """
+    root, views = geometry.root
+    return _PlanView(_cached_plan(root, str(like.device), like.dtype), views, geometry)
 
 
 class _RadonFn(torch.autograd.Function):

@@ -32,22 +32,26 @@ class Filtration(nn.Module):
     """A learnable 1D filter applied to every detector row (along U), via FFT.
 
     Args:
-        columns: detector columns ``U``.
+        columns: detector columns ``U``; only sets the default kernel size. The filter applies to any ``U``
+            (taps farther than ``U - 1`` from the centre never meet data and are ignored).
         du: detector cell size in mm (scales the ramp initialisation).
         views: number of views with a filter of their own; 1 shares one filter over all views.
         channels: number of channels with a filter of their own; 1 shares it.
         init: ``"ramp"`` (times pi, so that F followed by a backprojection averaged over the views is
             filtered backprojection) or ``"identity"``.
-        kernel_size: odd filter length; default ``2 * U - 1`` (the ramp's full support on the detector).
+        kernel_size: odd filter length; default ``2 * columns - 1`` (the ramp's full support on the detector).
 
     Shapes: ``(B, C, P, V, U)`` in and out; ``view_index`` (``P`` ints) picks each view's filter when
     filters are per view (random subsets of views during training).
     """
 
-    def __init__(self, columns: int, du: float = 1.0, views: int = 1, channels: int = 1, init: str = "ramp",
-                 kernel_size: int | None = None):
+    def __init__(self, columns: int | None = None, du: float = 1.0, views: int = 1, channels: int = 1,
+                 init: str = "ramp", kernel_size: int | None = None):
         super().__init__()
-        kernel_size = kernel_size or 2 * columns - 1
+        if kernel_size is None:
+            if columns is None:
+                raise ValueError("give columns or kernel_size")
+            kernel_size = 2 * columns - 1
         if init == "ramp":
             base = math.pi * ramp_kernel(kernel_size, du)
         elif init == "identity":
@@ -55,17 +59,14 @@ class Filtration(nn.Module):
             base[kernel_size // 2] = 1.0
         else:
             raise ValueError(f"init must be 'ramp' or 'identity', got {init!r}")
-        self.columns, self.kernel_size, self.init = columns, kernel_size, init
+        self.init = init
         self.weight = nn.Parameter(base.float().expand(views, channels, kernel_size).clone())
-        self.fft_size = _fast_length(columns + kernel_size - 1)
 
     def extra_repr(self) -> str:
         views, channels, size = self.weight.shape
-        return f"columns={self.columns}, views={views}, channels={channels}, kernel_size={size}, init={self.init}"
+        return f"views={views}, channels={channels}, kernel_size={size}, init={self.init}"
 
     def forward(self, y: torch.Tensor, view_index: torch.Tensor | None = None) -> torch.Tensor:
-        if y.shape[-1] != self.columns:
-            raise ValueError(f"expected {self.columns} detector columns, got {y.shape[-1]}")
         views, channels, size = self.weight.shape
         if channels not in (1, y.shape[1]):
             raise ValueError(f"filter has {channels} channels, projections have {y.shape[1]}")
@@ -73,10 +74,14 @@ class Filtration(nn.Module):
         if views > 1:
             index = view_index if view_index is not None else torch.arange(y.shape[2], device=y.device)
             weight = weight.index_select(0, index.to(y.device))
+        columns = y.shape[-1]
+        if size > 2 * columns - 1:  # taps beyond +-(U-1) never meet data
+            cut = (size - (2 * columns - 1)) // 2
+            weight, size = weight[..., cut:size - cut], 2 * columns - 1
         kernel = weight.permute(1, 0, 2)[:, :, None, :]  # (C or 1, P or 1, 1, L)
-        n = self.fft_size
+        n = _fast_length(columns + size - 1)
         spectrum = torch.fft.rfft(y, n) * torch.fft.rfft(kernel.to(y.dtype), n)
-        return torch.fft.irfft(spectrum, n)[..., size // 2: size // 2 + self.columns]
+        return torch.fft.irfft(spectrum, n)[..., size // 2: size // 2 + columns]
 
 
 def _fast_length(n: int) -> int:
