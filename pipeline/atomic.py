@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Iterator
 
@@ -36,17 +36,31 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = full_suffix(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[: len(path.name) - len(suffix)]}.", suffix=f".tmp{suffix}",
-                               dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
+    tmp = _create_temp_sibling(path)
     try:
         yield tmp
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _create_temp_sibling(path: Path) -> Path:
+    """Create an empty hidden ``.<stem>.<random>.tmp<suffix>`` beside ``path``.
+
+    Unlike ``tempfile.mkstemp`` (always mode 0600) the file gets the usual ``0666 & ~umask`` permissions,
+    so the renamed result is as readable as any other file the user writes.
+    """
+    suffix = full_suffix(path)
+    stem = path.name[: len(path.name) - len(suffix)]
+    for _ in range(100):
+        tmp = path.with_name(f".{stem}.{secrets.token_hex(4)}.tmp{suffix}")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(f"{path}: could not create a temporary file beside it")
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -12,6 +12,7 @@ DICOM series folders, ...) through SimpleITK.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ __all__ = [
 _NIFTI = NibabelIO()
 _SITK = SimpleITKIO()
 SUPPORTED_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+_DETACHED_HEADER = (".mhd", ".nhdr")
 
 
 def _backend(path: Path) -> VolumeIO:
@@ -65,9 +67,25 @@ def write_volume(path: str | os.PathLike, array: np.ndarray, meta: VolumeMeta) -
         raise ValueError(f"{path}: array shape {array.shape} differs from the geometry's {tuple(meta.shape)}")
     if array.dtype == bool:
         array = array.astype(np.uint8)
+    if full_suffix(path).lower() in _DETACHED_HEADER:
+        _write_detached(path, array, meta)
+        return path
     with atomic_path(path) as tmp:
         _backend(path).write(tmp, array, meta)
     return path
+
+
+def _write_detached(path: Path, array: np.ndarray, meta: VolumeMeta) -> None:
+    """Header + data file formats (.mhd, .nhdr): the header names its data file after the header's own name.
+
+    Writing to a renamed temporary would leave the data file under the temporary name, so both files are written
+    under their final names in a temporary folder beside ``path``, then moved: data first, the header last.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent) as folder:
+        _SITK.write(Path(folder) / path.name, array, meta)
+        for item in sorted(Path(folder).iterdir(), key=lambda item: item.name == path.name):
+            os.replace(item, path.parent / item.name)
 
 
 def write_mask(path: str | os.PathLike, mask: np.ndarray, meta: VolumeMeta) -> Path:

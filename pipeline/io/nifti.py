@@ -28,7 +28,8 @@ class NibabelIO(VolumeIO):
             img = nib.load(str(path))
             data = np.asanyarray(img.dataobj)
         except Exception as err:  # nibabel raises many types for corrupt files
-            raise InputError(path, f"cannot read NIfTI ({type(err).__name__}: {err})") from None
+            reason = " ".join(str(err).split())  # some nibabel messages span lines; InputError is one line
+            raise InputError(path, f"cannot read NIfTI ({type(err).__name__}: {reason})") from None
         if data.ndim == 4 and data.shape[3] == 1:
             data = data[..., 0]
         if data.ndim != 3:
