@@ -118,8 +118,14 @@ class _AxisGroup:
         return y, args
 
     def mip_lift(self, y, args, local: np.ndarray):
-        """``y`` holds the views ``local`` of this group, in order; ``args`` from :meth:`mip` on them."""
+        """``y`` holds the views ``local`` of this group, in order; ``args`` from :meth:`mip` on them.
+
+        Maxima of a one-channel volume serve every channel of ``y``.
+        """
         b, c = y.shape[:2]
+        rows, u_count = self.geometry.shape[self.axis], self.geometry.detector_shape[1]
+        if args.shape[-1] != rows * b * c:
+            args = args.view(len(local), u_count, rows, b, 1).expand(-1, -1, -1, -1, c).reshape(len(local), u_count, -1)
         yt = self.to_volume_rows(y).view(len(local), -1, args.shape[-1])
         n_plane = self.matrix.shape[1]
         cols = yt.shape[-1]
@@ -173,6 +179,9 @@ class _GeneralGroup:
 
     def mip_lift(self, y, args, local: np.ndarray):
         n_vox = self.coords.shape[0]
+        b, c = y.shape[:2]
+        if args and args[0].shape[1] != b * c:  # maxima of a one-channel volume serve every channel
+            args = [a.view(-1, b, 1).expand(-1, -1, c).reshape(-1, b * c) for a in args]
         out = sum(general_views.mip_lift(self.geometry, self.views[n], yv, a, n_vox)
                   for n, yv, a in zip(local, self._views(y), args))
         return self._volume(out, *y.shape[:2])

@@ -1,0 +1,229 @@
+"""The random 2.5D U-Net (Angermann & Haltmeier 2019): project, segment in 2D, lift back to 3D.
+
+``x -> project (MIP or Radon) from P views -> shared 2D U-Net -> lift -> head -> logits``. Lifting uses the
+filtration F and the backprojection (the Radon adjoint) and, optionally, MIP lifting: each view's output
+put back at the depth its ray's maximum came from. The head is the seed's fine-tuning operator T
+(average pooling, learnable affine normalisation, sigmoid in the loss) or a light full-resolution head
+that also sees the input volume.
+
+Training follows seed 002's two paths: path 1 draws ``train_directions`` of the views at random each
+forward and trains everything end to end; path 2 runs all views through a frozen U-Net (see
+:meth:`Projection25D.freeze_unet`, :meth:`segment_views`, :meth:`lift`, whose outputs a trainer may cache per
+volume) and trains only F and the head.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from seg25d.models.registry import register_model
+from seg25d.models.unet import UNet
+from seg25d.projections import MaxIntensityProjection, RayBackprojection, RayTransform, multi_axis_geometry
+from seg25d.reconstruction import Filtration, FineTuning
+
+__all__ = ["Projection25D", "VolumeHead", "PRESETS"]
+
+PRESETS: dict[str, dict] = {
+    # The seed's configuration: one rotation axis, MIP, one channel per class, F (ramp) + backprojection, T.
+    "paper": dict(axes=(0,), directions=32, train_directions=8, mode="mip", features=None, lift=("backproject",),
+                  filter_init="ramp", filter_per_view=True, filter_size=63, head="paper", head_channels=8,
+                  unet={"depth": 4, "base_channels": 16}, aux_loss=False),
+    # Three rotation axes, several feature channels lifted by backprojection and by MIP lifting, a head that
+    # sees the input volume, and a 2D auxiliary loss on the views (see docs/benchmarks.md for each step's effect).
+    "default": dict(axes=(0, 1, 2), directions=8, train_directions=6, mode="mip", features=4,
+                    lift=("backproject", "mip"), filter_init="identity", filter_per_view=False, filter_size=63,
+                    head="volume", head_channels=8, unet={"depth": 4, "base_channels": 16}, aux_loss=True),
+}
+LIFTS = ("backproject", "mip")
+
+
+class VolumeHead(nn.Module):
+    """A light full-resolution head: pointwise mixing of the input and the lifted evidence, then a few 3x3x3
+    convolutions of ``channels`` channels, then per-class logits. Its memory is a few volume-sized tensors."""
+
+    def __init__(self, in_channels: int, out_channels: int, channels: int = 8, layers: int = 2):
+        super().__init__()
+        mods: list[nn.Module] = [nn.Conv3d(in_channels, channels, 1), nn.LeakyReLU(0.01, inplace=True)]
+        for _ in range(layers):
+            mods += [nn.Conv3d(channels, channels, 3, padding=1), nn.LeakyReLU(0.01, inplace=True)]
+        mods.append(nn.Conv3d(channels, out_channels, 1))
+        self.net = nn.Sequential(*mods)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class Projection25D(nn.Module):
+    """The random 2.5D U-Net; input ``(B, C, D, H, W)``, output logits ``(B, K, D, H, W)``.
+
+    Args:
+        in_channels, out_channels: image channels; classes ``K``.
+        axes: rotation axes of the views (0 = D as in the paper; ``(0, 1, 2)`` resolves in-plane curves).
+        directions: views per axis at inference (``p`` per axis).
+        train_directions: views drawn at random per training forward (``m``, path 1), spread over the axes.
+        mode: ``"mip"`` or ``"radon"`` projections as the U-Net's input.
+        features: channels per view produced by the U-Net and lifted (default ``K``; the first ``K`` are the
+            views' 2D segmentation logits).
+        lift: ``("backproject",)``, ``("mip",)`` or both.
+        filter_init, filter_per_view, filter_size: the filtration F (``"ramp"`` or ``"identity"``).
+        head: ``"paper"`` (T: average pooling, affine, sigmoid) or ``"volume"`` (:class:`VolumeHead`, sees the input).
+        head_channels: width of the volume head.
+        unet: options of the shared 2D :class:`~seg25d.models.unet.UNet`.
+        aux_loss: whether training adds a 2D loss of the views' logits against the projected labels.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, *, axes=(0, 1, 2), directions: int = 8,
+                 train_directions: int = 6, mode: str = "mip", features: int | None = 4, lift=("backproject", "mip"),
+                 filter_init: str = "identity", filter_per_view: bool = False, filter_size: int = 63,
+                 head: str = "volume", head_channels: int = 8, unet: dict | None = None, aux_loss: bool = True):
+        super().__init__()
+        axes = tuple(int(a) for a in axes)
+        lift = tuple(lift)
+        features = features or out_channels
+        if not axes or any(a not in (0, 1, 2) for a in axes) or len(set(axes)) != len(axes):
+            raise ValueError(f"axes must be distinct values among 0, 1, 2, got {axes}")
+        if mode not in ("mip", "radon"):
+            raise ValueError(f"mode must be 'mip' or 'radon', got {mode!r}")
+        if not lift or any(k not in LIFTS for k in lift):
+            raise ValueError(f"lift must be a non-empty subset of {LIFTS}, got {lift}")
+        if not 1 <= train_directions <= directions * len(axes):
+            raise ValueError(f"train_directions must be in [1, {directions * len(axes)}], got {train_directions}")
+        if features < out_channels:
+            raise ValueError(f"features ({features}) must be >= out_channels ({out_channels})")
+        if head not in ("paper", "volume"):
+            raise ValueError(f"head must be 'paper' or 'volume', got {head!r}")
+        self.axes, self.directions, self.train_directions = axes, directions, train_directions
+        self.mode, self.features, self.lift_kinds, self.aux_loss = mode, features, lift, aux_loss
+        self.out_channels = out_channels
+        self.unet = UNet(2, in_channels, features, **(unet or {}))
+        n_views = directions * len(axes)
+        self.filtration = Filtration(kernel_size=filter_size, views=n_views if filter_per_view else 1,
+                                     channels=features, init=filter_init) if "backproject" in lift else None
+        evidence = features * len(lift) + ("mip" in lift)
+        if head == "paper":
+            if evidence != out_channels:
+                raise ValueError("the paper head (T) needs one lifted channel per class: features=out_channels, "
+                                 "one lift")
+            self.head = FineTuning(out_channels)
+        else:
+            self.head = VolumeHead(in_channels + evidence, out_channels, head_channels)
+        self.head_kind = head
+        self.unet_frozen = False
+        self._geometries: dict[tuple, object] = {}
+
+    # --- geometry -------------------------------------------------------------------------------------------
+    def geometry(self, shape):
+        """All ``P`` views for a volume shape (cached)."""
+        shape = tuple(int(s) for s in shape)
+        if shape not in self._geometries:
+            self._geometries[shape] = multi_axis_geometry(shape, {a: self.directions for a in self.axes})
+        return self._geometries[shape]
+
+    @property
+    def n_views(self) -> int:
+        return self.directions * len(self.axes)
+
+    def draw_views(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        """A random subset of ``train_directions`` views spread evenly over the axes (path 1)."""
+        per_axis = [self.train_directions // len(self.axes)] * len(self.axes)
+        extra = torch.randperm(len(self.axes), generator=generator)[: self.train_directions % len(self.axes)]
+        for i in extra.tolist():
+            per_axis[i] += 1
+        picks = [a * self.directions + torch.randperm(self.directions, generator=generator)[:n]
+                 for a, n in enumerate(per_axis)]
+        return torch.sort(torch.cat(picks)).values
+
+    def all_views(self) -> torch.Tensor:
+        return torch.arange(self.n_views)
+
+    # --- the two halves -------------------------------------------------------------------------------------
+    def segment_views(self, x: torch.Tensor, views: torch.Tensor):
+        """Project ``x`` onto ``views`` and run the 2D U-Net: ``(features (B, F, m, V, U), mip_argmax)``."""
+        geometry = self.geometry(x.shape[2:])[views.cpu().numpy()]
+        argmax = None
+        mip = MaxIntensityProjection(geometry)
+        if self.mode == "mip":
+            if "mip" in self.lift_kinds:
+                images, argmax = mip.with_argmax(x)
+            else:
+                images = mip(x)
+        else:
+            images = RayTransform(geometry)(x) / math.sqrt(sum(s * s for s in x.shape[2:]))
+            if "mip" in self.lift_kinds:
+                _, argmax = mip.with_argmax(x)
+        b, c, m, v, u = images.shape
+        out = self.unet(images.transpose(1, 2).reshape(b * m, c, v, u))
+        return out.view(b, m, self.features, v, u).transpose(1, 2), argmax
+
+    def lift(self, x: torch.Tensor, features: torch.Tensor, argmax, views: torch.Tensor) -> torch.Tensor:
+        """Lift view features back to the volume and apply the head: logits ``(B, K, D, H, W)``."""
+        geometry = self.geometry(x.shape[2:])[views.cpu().numpy()]
+        m = len(views)
+        parts = []
+        if "backproject" in self.lift_kinds:
+            view_index = views.to(features.device) if self.filtration.weight.shape[0] > 1 else None
+            parts.append(RayBackprojection(geometry)(self.filtration(features, view_index)) / m)
+        if "mip" in self.lift_kinds:
+            mip = MaxIntensityProjection(geometry)
+            parts.append(mip.lift(features, argmax) / m)
+            parts.append(mip.lift(torch.ones_like(features[:, :1]), argmax) / m)  # how many maxima landed here
+        evidence = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+        if self.head_kind == "paper":
+            return self.head(evidence)
+        return self.head(torch.cat([x, evidence], dim=1))
+
+    def forward(self, x: torch.Tensor, views: torch.Tensor | None = None, return_views: bool = False):
+        """Path 1 in training mode (random ``train_directions`` views), all views in eval mode.
+
+        With ``return_views`` also returns ``(view_logits (B, K, m, V, U), views)`` for a 2D auxiliary loss.
+        """
+        if views is None:
+            views = self.draw_views() if self.training and not self.unet_frozen else self.all_views()
+        features, argmax = self.segment_views(x, views)
+        logits = self.lift(x, features, argmax, views)
+        if return_views:
+            return logits, (features[:, : self.out_channels], views)
+        return logits
+
+    # --- path 2 ---------------------------------------------------------------------------------------------
+    def freeze_unet(self, frozen: bool = True) -> "Projection25D":
+        """Path 2: the U-Net's weights stop training (and its batch norms stay in eval mode)."""
+        self.unet_frozen = frozen
+        for p in self.unet.parameters():
+            p.requires_grad_(not frozen)
+        self.unet.train(self.training and not frozen)
+        return self
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.unet_frozen:
+            self.unet.eval()
+        return self
+
+    def project_labels(self, labels: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+        """2D targets for the auxiliary loss: the MIP of the (one-hot or multi-label) label volume."""
+        geometry = self.geometry(labels.shape[2:])[views.cpu().numpy()]
+        return MaxIntensityProjection(geometry)(labels.float())
+
+
+@register_model("projection25d")
+def projection25d(in_channels: int, out_channels: int, *, preset: str = "default", axes=None, directions=None,
+                  train_directions=None, mode=None, features=None, lift=None, filter_init=None,
+                  filter_per_view=None, filter_size=None, head=None, head_channels=None, unet=None,
+                  aux_loss=None) -> Projection25D:
+    """The random 2.5D U-Net; ``preset`` is ``"default"`` or ``"paper"`` (the seed's exact configuration).
+
+    Options left as None take the preset's value; ``unet`` options are merged into the preset's.
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; available: {', '.join(PRESETS)}")
+    options = dict(PRESETS[preset])
+    given = dict(axes=axes, directions=directions, train_directions=train_directions, mode=mode, features=features,
+                 lift=lift, filter_init=filter_init, filter_per_view=filter_per_view, filter_size=filter_size,
+                 head=head, head_channels=head_channels, aux_loss=aux_loss)
+    options.update({k: v for k, v in given.items() if v is not None})
+    options["unet"] = {**options["unet"], **(unet or {})}
+    return Projection25D(in_channels, out_channels, **options)
