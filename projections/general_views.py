@@ -26,8 +26,8 @@ def splat_weights(geometry, view: int, coords: torch.Tensor):
     """Detector cells and weights of each voxel's bilinear footprint: four ``(index, weight)`` pairs."""
     rows, cols = geometry.detector_shape
     du = geometry.du
-    e_u = torch.as_tensor(geometry.u_axes[view], dtype=coords.dtype, device=coords.device)
-    e_v = torch.as_tensor(geometry.v_axes[view], dtype=coords.dtype, device=coords.device)
+    e_u = torch.tensor(geometry.u_axes[view], dtype=coords.dtype, device=coords.device)
+    e_v = torch.tensor(geometry.v_axes[view], dtype=coords.dtype, device=coords.device)
     ju = coords @ e_u / du + (cols - 1) / 2
     jv = coords @ e_v / du + (rows - 1) / 2
     u0, v0 = torch.floor(ju), torch.floor(jv)
@@ -76,9 +76,9 @@ def mip_samples(geometry, view: int, rays: torch.Tensor, k: torch.Tensor | None 
     rows, cols = geometry.detector_shape
     device = rays.device
     dt = torch.float64
-    ray = torch.as_tensor(geometry.rays[view], dtype=dt, device=device)
-    e_u = torch.as_tensor(geometry.u_axes[view], dtype=dt, device=device)
-    e_v = torch.as_tensor(geometry.v_axes[view], dtype=dt, device=device)
+    ray = torch.tensor(geometry.rays[view], dtype=dt, device=device)
+    e_u = torch.tensor(geometry.u_axes[view], dtype=dt, device=device)
+    e_v = torch.tensor(geometry.v_axes[view], dtype=dt, device=device)
     step = ray.abs() / torch.tensor(spacing, dtype=dt, device=device)
     major = int(torch.argmax(step))
     minors = [a for a in range(3) if a != major]
@@ -120,7 +120,7 @@ def mip(geometry, view: int, x: torch.Tensor, want_argmax: bool = False):
     rows, cols = geometry.detector_shape
     n_rays = rows * cols
     xe = torch.cat([x, _fill(x)], dim=0)
-    k_count = geometry.shape[int(torch.argmax(torch.as_tensor(geometry.rays[view]).abs()
+    k_count = geometry.shape[int(torch.argmax(torch.tensor(geometry.rays[view]).abs()
                                                / torch.tensor(geometry.spacing, dtype=torch.float64)))]
     chunk = max(1, _CHUNK // (k_count * max(1, x.shape[1])))
     out = x.new_empty(n_rays, x.shape[1])

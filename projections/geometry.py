@@ -97,7 +97,8 @@ class Geometry:
             if self.detector_shape[0] < self.shape[a]:
                 raise ValueError(f"detector has {self.detector_shape[0]} rows, fewer than the {self.shape[a]} "
                                  f"volume rows along {AXIS_NAMES[a]}")
-        self._key = (self.shape, self.spacing, self.axes, self.angles, self.rays.round(12).tobytes(),
+        angles_key = tuple(None if math.isnan(t) else t for t in self.angles)  # NaN != NaN (general views)
+        self._key = (self.shape, self.spacing, self.axes, angles_key, self.rays.round(12).tobytes(),
                      self.u_axes.round(12).tobytes(), self.v_axes.round(12).tobytes(), self.detector_shape, self.du)
 
     def __len__(self) -> int:

@@ -1,13 +1,36 @@
-"""`seg25d predict` (placeholder until its issue lands)."""
+"""``seg25d predict``: masks for a manifest or files, with each input's exact geometry and format."""
 
-import sys
+from __future__ import annotations
+
+from pathlib import Path
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("predict", help="(not available yet)")
-    p.set_defaults(func=_unavailable)
+    parser = subparsers.add_parser("predict", help="predict masks for a manifest or input files")
+    parser.add_argument("--model", type=Path, required=True, help="checkpoint (best.pt or last.pt of a run)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--manifest", type=Path, help="manifest CSV; outputs are named <case_id> + input extension")
+    source.add_argument("--input", nargs="+", type=Path, help="image files or DICOM folders")
+    parser.add_argument("--split", help="only this split of the manifest (train, val, test)")
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--probabilities", action="store_true", help="also write per-class probability maps")
+    parser.add_argument("--tta", action="store_true", help="average over flips (4 passes)")
+    parser.add_argument("--overwrite", action="store_true", help="predict again cases already in --out")
+    parser.set_defaults(func=_predict)
 
 
-def _unavailable(args) -> int:
-    print("seg25d predict: not available yet in this version", file=sys.stderr)
-    return 2
+def _predict(args) -> int:
+    import os
+
+    from seg25d.pipeline.predict import jobs_from_inputs, jobs_from_manifest, predict_batch
+
+    jobs = jobs_from_manifest(args.manifest, args.split) if args.manifest else jobs_from_inputs(args.input)
+    report = predict_batch(args.model, jobs, args.out, args.probabilities, args.tta, args.overwrite)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"predicted {report['predicted']}, skipped {report['skipped']} (already done), "
+              f"failed {report['failed']} -> {args.out}")
+        for f in report["failures"]:
+            print(f"  failed {f['case_id']}: {f['image']}: {f['reason']}")
+        if report["failed"]:
+            print(f"failures listed in {args.out / 'failures.csv'}")
+    return 1 if report["failed"] else 0

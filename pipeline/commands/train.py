@@ -1,13 +1,28 @@
-"""`seg25d train` (placeholder until its issue lands)."""
+"""``seg25d train``: train any registered model from a preset or TOML config."""
 
-import sys
+from __future__ import annotations
+
+from pathlib import Path
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("train", help="(not available yet)")
-    p.set_defaults(func=_unavailable)
+    parser = subparsers.add_parser("train", help="train a model (presets: vessels, gi; or a TOML config)")
+    parser.add_argument("--config", default="vessels", help="preset name or TOML file (default: vessels)")
+    parser.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, metrics.csv, curves.png)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set train.max_steps=200 (repeatable)")
+    parser.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
+    parser.set_defaults(func=_train)
 
 
-def _unavailable(args) -> int:
-    print("seg25d train: not available yet in this version", file=sys.stderr)
-    return 2
+def _train(args) -> int:
+    from seg25d.pipeline.config import load_config
+    from seg25d.pipeline.training import train
+
+    config = load_config(args.config, args.overrides)
+    result = train(config, args.out, resume=args.resume)
+    if int(__import__("os").environ.get("RANK", "0")) == 0:
+        note = " (stopped by train.max_minutes)" if result.stopped_by_time else ""
+        print(f"trained {result.steps} steps{note}; best validation Dice {result.best_score:.4f}")
+        print(f"checkpoints: {result.last_checkpoint}" + (f", {result.best_checkpoint}" if result.best_checkpoint else ""))
+    return 0

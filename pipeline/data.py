@@ -1,0 +1,258 @@
+"""Training data: cases loaded from a manifest, splits, and per-step batches for each model family.
+
+Batches are a pure function of ``(seed, step, rank)``: every step draws from its own generator, so a run
+resumed from a checkpoint sees exactly the batches an uninterrupted run sees.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from seg25d.pipeline.errors import InputError
+from seg25d.pipeline.io import VolumeMeta, read_volume
+from seg25d.pipeline.manifest import LabelSpec, read_label_spec, read_manifest
+from seg25d.pipeline.preprocess import Preprocessing
+
+__all__ = ["Task", "Case", "load_cases", "split_manifest", "group_folds", "BatchSampler", "step_generator",
+           "model_family", "task_for"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """What the network predicts: class names, and sigmoid (multi-label or binary) or softmax outputs."""
+
+    spec: LabelSpec
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.spec.classes
+
+    @property
+    def sigmoid(self) -> bool:
+        """Multi-label or single-class tasks use one sigmoid channel per class; others softmax with background."""
+        return self.spec.multilabel or len(self.spec.classes) == 1
+
+    @property
+    def out_channels(self) -> int:
+        return len(self.classes) + (0 if self.sigmoid else 1)
+
+
+@dataclasses.dataclass
+class Case:
+    """A preprocessed case: image ``(C, D, H, W)`` float32 and masks ``(K, D, H, W)`` bool on the working grid."""
+
+    case_id: str
+    group: str
+    image: np.ndarray
+    masks: np.ndarray | None
+    meta: VolumeMeta
+
+
+def model_family(name: str) -> str:
+    """How the data pipeline feeds a model: ``volume`` (3D input), ``slices`` (2D) or ``stacks`` (slice stacks)."""
+    if name in ("projection25d", "unet3d"):
+        return "volume"
+    if name == "slicestack25d":
+        return "stacks"
+    return "slices"
+
+
+def task_for(manifest) -> Task:
+    """The manifest's class declaration (sidecar), or one inferred from its label files."""
+    spec = read_label_spec(manifest)
+    if spec is None:
+        frame = read_manifest(manifest)
+        values = set()
+        for path in frame.label.dropna():
+            values |= set(np.unique(read_volume(path).array).tolist())
+        spec = LabelSpec.infer(values)
+        log.info("no class sidecar for %s; inferred classes %s", manifest, spec.classes)
+    return Task(spec)
+
+
+def group_folds(groups: list[str], folds: int, seed: int = 0) -> dict[str, int]:
+    """GroupKFold-like assignment: groups shuffled with ``seed``, then dealt to the fold with the fewest cases."""
+    counts = pd.Series(groups).value_counts()
+    order = counts.sample(frac=1.0, random_state=seed).sort_values(ascending=False, kind="stable")
+    load = [0] * folds
+    assign = {}
+    for group, n in order.items():
+        k = int(np.argmin(load))
+        assign[group] = k
+        load[k] += int(n)
+    return assign
+
+
+def split_manifest(manifest, data_config: dict, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Training and validation rows: cross-validation folds by group, the manifest's own splits, or a held-out
+    share of the training groups."""
+    frame = read_manifest(manifest)
+    frame = frame[frame.label.notna()]
+    exclude = set(data_config.get("exclude") or [])
+    frame = frame[~frame.case_id.isin(exclude) & ~frame.group.isin(exclude)]
+    folds = int(data_config.get("folds") or 0)
+    if folds:
+        if frame.group.nunique() < folds:
+            raise InputError(manifest, f"{frame.group.nunique()} groups cannot make {folds} folds")
+        pool = frame[frame.split != "test"]
+        assign = group_folds(list(pool.group), folds, seed)
+        is_val = pool.group.map(assign) == int(data_config.get("fold", 0))
+        return pool[~is_val], pool[is_val]
+    train, val = frame[frame.split == "train"], frame[frame.split == "val"]
+    share = float(data_config.get("val_fraction") or 0)
+    if val.empty and share > 0:
+        groups = train.group.drop_duplicates().sample(frac=1.0, random_state=seed)
+        held = set(groups.iloc[: max(1, math.ceil(share * len(groups)))])
+        train, val = train[~train.group.isin(held)], train[train.group.isin(held)]
+    if train.empty:
+        raise InputError(manifest, "no labelled training cases (split 'train')")
+    return train, val
+
+
+def load_cases(rows: pd.DataFrame, task: Task, preprocessing: Preprocessing, progress: bool = True) -> list[Case]:
+    """Read, resample and normalise every case of ``rows`` (labels decoded to per-class masks)."""
+    cases = []
+    for row in tqdm(list(rows.itertuples()), desc="loading", unit="case", disable=not progress, leave=False):
+        image = read_volume(row.image)
+        masks = None
+        if row.label:
+            label = read_volume(row.label)
+            if tuple(label.meta.shape) != tuple(image.meta.shape):
+                raise InputError(row.label, f"label shape {label.meta.shape} differs from image {image.meta.shape}")
+            bad = task.spec.invalid_values(label.array)
+            if bad:
+                raise InputError(row.label, f"label values {bad} outside the declared classes")
+            masks = preprocessing.masks(task.spec.masks(label.array), image.meta.spacing)
+        cases.append(Case(row.case_id, row.group, preprocessing.image(image.array, image.meta.spacing), masks,
+                          image.meta))
+    return cases
+
+
+def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
+    """The generator of one training step: batches and augmentation depend only on (seed, step, rank)."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0]))
+
+
+class BatchSampler:
+    """Draws a training batch per step for a model family, with augmentation.
+
+    - ``volume``: ``batch_size`` whole volumes (or random 3D patches of ``patch_size``), padded to a common shape.
+    - ``slices``/``stacks``: ``slices_per_step`` slices along D (with ``slices``/``stride`` neighbours as
+      channels for stacks), a ``foreground_fraction`` of them from slices holding foreground.
+
+    Returns ``(x, y)`` tensors: ``x`` (N, C', ...) and ``y`` masks (N, K, ...) as float.
+    """
+
+    def __init__(self, cases: list[Case], family: str, config: dict, stack: tuple[int, int, str] = (1, 1, "clamp")):
+        self.cases, self.family = cases, family
+        self.data, self.augment, self.train = config["data"], config["augment"], config["train"]
+        self.stack = stack
+        if family != "volume":
+            self.slices = [(i, d) for i, c in enumerate(cases) for d in range(c.image.shape[1])]
+            self.fg_slices = [(i, d) for i, c in enumerate(cases) for d in np.flatnonzero(c.masks.any(axis=(0, 2, 3)))]
+
+    def batch(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.family == "volume":
+            items = [self._volume_item(generator) for _ in range(int(self.train["batch_size"]))]
+        else:
+            items = [self._slice_item(generator) for _ in range(int(self.train["slices_per_step"]))]
+        items = [self._augmented(x, y, generator) for x, y in items]
+        return _pad_stack([x for x, _ in items]), _pad_stack([y for _, y in items])
+
+    def _randint(self, n: int, generator) -> int:
+        return int(torch.randint(n, (1,), generator=generator))
+
+    def _volume_item(self, generator):
+        case = self.cases[self._randint(len(self.cases), generator)]
+        x, y = torch.from_numpy(case.image), torch.from_numpy(case.masks).float()
+        patch = self.data.get("patch_size") or []
+        if patch:
+            x, y = self._crop(x, y, [min(p, s) for p, s in zip(patch, x.shape[1:])], generator)
+        return x, y
+
+    def _crop(self, x, y, patch, generator):
+        """A random patch; a ``foreground_fraction`` of them centred on a random foreground voxel."""
+        centre = None
+        if torch.rand((), generator=generator) < float(self.data["foreground_fraction"]):
+            voxels = torch.nonzero(y.any(0))
+            if len(voxels):
+                centre = voxels[self._randint(len(voxels), generator)]
+        starts = []
+        for axis, (size, n) in enumerate(zip(patch, x.shape[1:])):
+            if centre is not None:
+                starts.append(min(max(int(centre[axis]) - size // 2, 0), n - size))
+            else:
+                starts.append(self._randint(n - size + 1, generator))
+        sl = (slice(None),) + tuple(slice(s, s + p) for s, p in zip(starts, patch))
+        return x[sl], y[sl]
+
+    def _slice_item(self, generator):
+        pool = self.fg_slices if (self.fg_slices and torch.rand((), generator=generator)
+                                  < float(self.data["foreground_fraction"])) else self.slices
+        i, d = pool[self._randint(len(pool), generator)]
+        case = self.cases[i]
+        image = torch.from_numpy(case.image)
+        if self.family == "stacks":
+            from seg25d.models.slicestack import stack_indices
+
+            k, stride, edge = self.stack
+            idx = stack_indices(image.shape[1], torch.tensor([d]), k, stride, edge)[0]
+            x = image[:, idx].reshape(-1, *image.shape[2:])
+        else:
+            x = image[:, d]
+        return x, torch.from_numpy(case.masks[:, d]).float()
+
+    def _augmented(self, x, y, generator):
+        aug = self.augment
+        if not aug.get("enabled", True):
+            return x, y
+        spatial = x.dim() - 1  # 3 for volumes, 2 for slices
+        for axis in aug.get("flip_axes") or []:
+            axis = int(axis) - (3 - spatial)  # volume axis (0=D,1=H,2=W) -> trailing dims of a slice
+            if axis < 0:
+                continue
+            if torch.rand((), generator=generator) < 0.5:
+                x, y = x.flip(1 + axis), y.flip(1 + axis)
+        degrees = float(aug.get("rotate_degrees") or 0)
+        if degrees:
+            angle = math.radians(float((torch.rand((), generator=generator) * 2 - 1) * degrees))
+            x, y = _rotate_hw(x, angle, "bilinear"), _rotate_hw(y, angle, "nearest")
+        scale = float(aug.get("scale_intensity") or 0)
+        if scale:
+            x = x * float(1 + (torch.rand((), generator=generator) * 2 - 1) * scale)
+        gamma = float(aug.get("gamma") or 0)
+        if gamma:
+            g = math.exp(float((torch.rand((), generator=generator) * 2 - 1) * gamma))
+            lo, hi = x.amin(), x.amax()
+            x = ((x - lo) / (hi - lo + 1e-8)).pow(g) * (hi - lo) + lo
+        return x.contiguous(), y.contiguous()
+
+
+def _rotate_hw(t: torch.Tensor, angle: float, mode: str) -> torch.Tensor:
+    """Rotate the trailing (H, W) plane of ``(C, [D,] H, W)`` about its centre."""
+    c, s = math.cos(angle), math.sin(angle)
+    flat = t.reshape(-1, 1, *t.shape[-2:]) if t.dim() == 4 else t[None]
+    theta = torch.tensor([[c, -s, 0.0], [s, c, 0.0]], dtype=t.dtype).expand(flat.shape[0], 2, 3)
+    grid = F.affine_grid(theta, list(flat.shape), align_corners=False)
+    out = F.grid_sample(flat, grid, mode=mode, padding_mode="border" if mode == "bilinear" else "zeros",
+                        align_corners=False)
+    return out.reshape(t.shape)
+
+
+def _pad_stack(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Stack tensors of possibly different spatial sizes, zero-padding each at the end to the largest."""
+    shape = [max(s) for s in zip(*(t.shape for t in tensors))]
+    out = tensors[0].new_zeros(len(tensors), *shape)
+    for i, t in enumerate(tensors):
+        out[(i,) + tuple(slice(0, n) for n in t.shape)] = t
+    return out

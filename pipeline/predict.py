@@ -1,0 +1,149 @@
+"""Batch prediction with exact geometry: every mask has its input's size, spacing, origin, direction and format.
+
+Output layout in ``out_dir``:
+
+- ``<name>``: one integer label volume per case in the training labels' encoding (``labels.json`` in the
+  folder records it): index labels for exclusive classes, a bitmask (sum of the classes' bits) for
+  overlapping multi-label classes. ``<name>`` is ``<case_id>`` + the input's extension for manifests and the
+  input's own file name for ``--input`` (NIfTI for DICOM folders).
+- ``probabilities/<case_id>_<class><ext>`` (with ``probabilities=True``): float32 per-class probabilities.
+- ``failures.csv``: cases that could not be predicted and why (only when some failed).
+
+A failed case never stops the batch; files are written atomically; cases already predicted are skipped
+unless ``overwrite``. Under ``torchrun`` the cases are sharded over the processes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from seg25d.pipeline.atomic import full_suffix, write_csv, write_json
+from seg25d.pipeline.checkpoint import load_checkpoint, load_model
+from seg25d.pipeline.errors import InputError
+from seg25d.pipeline.io import read_volume, write_mask, write_volume
+from seg25d.pipeline.manifest import LabelSpec, read_manifest
+from seg25d.pipeline.preprocess import Preprocessing
+from seg25d.pipeline.training import probabilities_to_masks
+from seg25d.pipeline.volume_inference import predict_probabilities
+
+__all__ = ["Predictor", "PredictionJob", "predict_batch", "jobs_from_manifest", "jobs_from_inputs"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictionJob:
+    case_id: str
+    image: str
+    name: str  # output file name
+
+
+class Predictor:
+    """A trained model with the preprocessing it was trained with; ``predict(volume)`` -> label volume."""
+
+    def __init__(self, checkpoint: str | os.PathLike):
+        payload = load_checkpoint(checkpoint)
+        self.model = load_model(checkpoint, payload)
+        self.spec = LabelSpec.from_dict(payload["task"])
+        self.sigmoid = bool(payload["sigmoid"])
+        self.preprocessing = Preprocessing.from_dict(payload["preprocessing"])
+
+    def probabilities(self, volume, tta: bool = False):
+        """Per-class probabilities ``(K, D, H, W)`` on the volume's own grid."""
+        image = self.preprocessing.image(volume.array, volume.meta.spacing)
+        probs = predict_probabilities(self.model, image, self.sigmoid, tta=tta)
+        return self.preprocessing.restore(probs, volume.meta.shape)
+
+    def label(self, probabilities, threshold: float = 0.5):
+        return self.spec.encode(probabilities_to_masks(probabilities, self.sigmoid, threshold))
+
+
+def jobs_from_manifest(manifest, split: str | None = None) -> list[PredictionJob]:
+    frame = read_manifest(manifest)
+    if split:
+        frame = frame[frame.split == split]
+    jobs = []
+    for row in frame.itertuples():
+        ext = ".nii.gz" if Path(row.image).is_dir() else full_suffix(row.image).lower()
+        jobs.append(PredictionJob(row.case_id, row.image, f"{row.case_id}{ext}"))
+    return jobs
+
+
+def jobs_from_inputs(paths) -> list[PredictionJob]:
+    jobs, seen = [], set()
+    for p in map(Path, paths):
+        name = f"{p.name}.nii.gz" if p.is_dir() else p.name
+        case_id = name[: len(name) - len(full_suffix(name))] if full_suffix(name) else name
+        if name in seen:
+            raise InputError(p, f"two inputs would both write {name}")
+        seen.add(name)
+        jobs.append(PredictionJob(case_id, str(p), name))
+    return jobs
+
+
+def _shard(jobs: list[PredictionJob]) -> tuple[list[PredictionJob], int, int]:
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("gloo")
+    return jobs[rank::world], rank, world
+
+
+def predict_batch(checkpoint, jobs: list[PredictionJob], out_dir, probabilities: bool = False, tta: bool = False,
+                  overwrite: bool = False, progress: bool = True) -> dict:
+    """Predict every job; returns counts and the failures (also written to ``out_dir/failures.csv``)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    predictor = Predictor(checkpoint)
+    mine, rank, world = _shard(jobs)
+    if rank == 0:
+        write_json(out_dir / "labels.json", predictor.spec.to_dict())
+    failures, done, skipped = [], 0, 0
+    start = time.perf_counter()
+    bar = tqdm(mine, desc="predict", unit="vol", disable=not progress or rank != 0, dynamic_ncols=True)
+    for job in bar:
+        target = out_dir / job.name
+        if target.exists() and not overwrite:
+            skipped += 1
+            continue
+        try:
+            volume = read_volume(job.image)
+            probs = predictor.probabilities(volume, tta=tta)
+            if probabilities:
+                ext = full_suffix(job.name)
+                for name, p in zip(predictor.spec.classes, probs):
+                    write_volume(out_dir / "probabilities" / f"{job.case_id}_{name}{ext}", p.astype("float32"),
+                                 volume.meta)
+            write_mask(target, predictor.label(probs), volume.meta)
+            done += 1
+        except InputError as err:
+            failures.append({"case_id": job.case_id, "image": job.image, "reason": err.problem})
+        except Exception as err:  # one bad case never stops the batch
+            log.exception("case %s failed", job.case_id)
+            failures.append({"case_id": job.case_id, "image": job.image, "reason": f"{type(err).__name__}: {err}"})
+        minutes = (time.perf_counter() - start) / 60
+        bar.set_postfix(vol_per_min=f"{done / max(minutes, 1e-9):.1f}", failed=len(failures), refresh=False)
+    failures = _gather_failures(failures, world)
+    path = out_dir / "failures.csv"
+    if rank == 0:
+        if failures:
+            write_csv(path, pd.DataFrame(failures, columns=["case_id", "image", "reason"]))
+        elif path.exists():
+            path.unlink()
+    return {"predicted": done, "skipped": skipped, "failed": len(failures), "failures": failures,
+            "seconds": time.perf_counter() - start}
+
+
+def _gather_failures(failures: list[dict], world: int) -> list[dict]:
+    if world == 1:
+        return failures
+    gathered: list = [None] * world
+    torch.distributed.all_gather_object(gathered, failures)
+    return [f for part in gathered for f in part]

@@ -1,0 +1,366 @@
+"""Training for every registered model: one loop, the two-path scheme for ``projection25d``, runs that survive.
+
+``train(config, out_dir)`` writes into ``out_dir``: ``config.json`` (resolved), ``last.pt`` (every
+``train.checkpoint_every`` steps and at the end), ``best.pt`` (best mean validation Dice), ``metrics.csv``
+(one row per step: path, losses, learning rate, time; validation Dice per class on validation steps) and
+``curves.png``. ``train(..., resume=True)`` continues from ``last.pt``.
+
+Reproducibility: each step's batch, augmentation and random views come from generators seeded by
+``(seed, step, rank)``, and the optimiser and scheduler states are checkpointed, so a run killed at any point
+and resumed ends with the weights of an uninterrupted run (CPU, same thread count). A ``max_minutes``
+limit stops early and is not reproducible by nature; ``max_steps`` is.
+
+Data parallel: under ``torchrun --nproc_per_node=N`` each rank draws its own batch (rank in the seed),
+gradients are averaged with DistributedDataParallel (gloo on CPU, NCCL on GPU), and only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from seg25d.models import build
+from seg25d.models.projection25d import Projection25D
+from seg25d.pipeline.atomic import write_csv, write_json
+from seg25d.pipeline.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from seg25d.pipeline.data import BatchSampler, Case, Task, load_cases, model_family, split_manifest, step_generator, task_for
+from seg25d.pipeline.errors import InputError
+from seg25d.pipeline.losses import segmentation_loss
+from seg25d.pipeline.manifest import LabelSpec
+from seg25d.pipeline.preprocess import Preprocessing
+from seg25d.pipeline.volume_inference import predict_probabilities
+
+__all__ = ["train", "TrainResult", "probabilities_to_masks", "dice_per_class", "SCHEDULES"]
+
+log = logging.getLogger(__name__)
+SCHEDULES = ("path1", "path1_then_path2", "alternate")
+
+
+@dataclasses.dataclass
+class TrainResult:
+    out_dir: Path
+    steps: int
+    best_score: float
+    last_checkpoint: Path
+    best_checkpoint: Path | None
+    stopped_by_time: bool
+
+
+def probabilities_to_masks(probs: np.ndarray, sigmoid: bool, threshold: float = 0.5) -> np.ndarray:
+    """Per-class probabilities ``(K, ...)`` -> boolean masks: threshold (sigmoid) or argmax with background."""
+    if sigmoid:
+        return probs >= threshold
+    full = np.concatenate([1.0 - probs.sum(axis=0, keepdims=True), probs])
+    winner = full.argmax(axis=0)
+    return np.stack([winner == k + 1 for k in range(probs.shape[0])])
+
+
+def dice_per_class(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """Hard Dice per class of ``(K, ...)`` masks; both empty counts as 1."""
+    axes = tuple(range(1, pred.ndim))
+    inter = np.logical_and(pred, true).sum(axes)
+    total = pred.sum(axes) + true.sum(axes)
+    return np.where(total == 0, 1.0, 2.0 * inter / np.maximum(total, 1))
+
+
+class _Distributed:
+    def __init__(self):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.enabled = self.world > 1
+        if self.enabled and not torch.distributed.is_initialized():
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+            torch.distributed.init_process_group(backend)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self):
+        if self.enabled:
+            torch.distributed.barrier()
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank when it is true on any rank."""
+        if not self.enabled:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0])
+        torch.distributed.all_reduce(t)
+        return bool(t.item() > 0)
+
+    def average_gradients(self, params):
+        if self.enabled:
+            for p in params:
+                if p.grad is not None:
+                    torch.distributed.all_reduce(p.grad)
+                    p.grad /= self.world
+
+
+def _lr_lambda(train_cfg: dict):
+    warmup, total, kind = int(train_cfg["warmup_steps"]), max(1, int(train_cfg["max_steps"])), train_cfg["scheduler"]
+    if kind not in ("cosine", "constant"):
+        raise InputError("train.scheduler", f"must be 'cosine' or 'constant', got {kind!r}")
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if kind == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def _load_data(config: dict, main: bool):
+    manifest = config["data"]["manifest"]
+    if not manifest:
+        raise InputError("data.manifest", "no manifest given; e.g. --set data.manifest=DIR/manifest.csv "
+                                          "(seg25d synth vessels --out DIR makes one)")
+    task = task_for(manifest)
+    train_rows, val_rows = split_manifest(manifest, config["data"], seed=int(config["train"]["seed"]))
+    data = config["data"]
+    prep = Preprocessing(data["spacing"] or None, data["normalize"], list(data["percentiles"]))
+    raw = Preprocessing(prep.spacing, "none")
+    train_cases = load_cases(train_rows, task, raw, progress=main and config["train"]["progress"])
+    val_cases = load_cases(val_rows, task, raw, progress=main and config["train"]["progress"])
+    prep.fit([c.image for c in train_cases])
+    for case in train_cases + val_cases:
+        case.image = prep.normalise(case.image)
+    return task, prep, train_cases, val_cases
+
+
+class _Trainer:
+    def __init__(self, config: dict, out_dir: Path, resume: bool):
+        self.config, self.out_dir = config, Path(out_dir)
+        self.dist = _Distributed()
+        tc = config["train"]
+        threads = int(tc["threads"]) or (max(1, (os.cpu_count() or 1) // self.dist.world) if self.dist.enabled else 0)
+        if threads:
+            torch.set_num_threads(threads)
+        self.seed = int(tc["seed"])
+        torch.manual_seed(self.seed)
+        np.random.seed(self.seed % 2**32)
+        if tc["schedule"] not in SCHEDULES:
+            raise InputError("train.schedule", f"must be one of {SCHEDULES}, got {tc['schedule']!r}")
+        self.task, self.prep, self.train_cases, self.val_cases = _load_data(config, self.dist.main)
+        if tc["val_max_cases"]:
+            self.val_cases = self.val_cases[: int(tc["val_max_cases"])]
+        mc = config["model"]
+        in_channels = self.train_cases[0].image.shape[0]
+        try:
+            self.model = build(mc["name"], in_channels, self.task.out_channels, **mc["options"])
+        except ValueError as err:
+            raise InputError("model", str(err)) from None
+        self.family = model_family(mc["name"])
+        opts = self.model.config["options"]
+        stack = (getattr(self.model, "slices", 1), getattr(self.model, "stride", 1), getattr(self.model, "edge", "clamp"))
+        self.sampler = BatchSampler(self.train_cases, self.family, config, stack=stack)
+        self.projection = isinstance(self.model, Projection25D)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=float(tc["lr"]),
+                                           weight_decay=float(tc["weight_decay"]))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(tc))
+        self.step, self.best, self.elapsed, self.path2_started = 0, -1.0, 0.0, False
+        self.rows: list[dict] = []
+        self.feature_cache: dict[str, tuple] = {}
+        if resume:
+            self._resume()
+        elif self.dist.main and (self.out_dir / "last.pt").exists():
+            raise InputError(self.out_dir, "holds a run already (last.pt); use --resume to continue or another --out")
+        self.ddp = (torch.nn.parallel.DistributedDataParallel(self.model) if self.dist.enabled else None)
+        del opts
+
+    # --- state ----------------------------------------------------------------------------------------------
+    def _payload(self) -> dict:
+        return {
+            "model_config": self.model.config, "model_state": self.model.state_dict(),
+            "optimizer_state": self.optimizer.state_dict(), "scheduler_state": self.scheduler.state_dict(),
+            "step": self.step, "best_score": self.best, "elapsed_seconds": self.elapsed,
+            "path2_started": self.path2_started, "config": self.config, "task": self.task.spec.to_dict(),
+            "classes": list(self.task.classes), "sigmoid": self.task.sigmoid,
+            "preprocessing": self.prep.to_dict(), "rng": rng_state(),
+        }
+
+    def _resume(self):
+        path = self.out_dir / "last.pt"
+        state = load_checkpoint(path)
+        if state["model_config"]["name"] != self.model.config["name"]:
+            raise InputError(path, f"holds a {state['model_config']['name']} run, config asks for "
+                                   f"{self.model.config['name']}")
+        self.model.load_state_dict(state["model_state"])
+        self.optimizer.load_state_dict(state["optimizer_state"])
+        self.scheduler.load_state_dict(state["scheduler_state"])
+        self.step, self.best, self.elapsed = int(state["step"]), float(state["best_score"]), float(state["elapsed_seconds"])
+        self.path2_started = bool(state["path2_started"])
+        set_rng_state(state["rng"])
+        if self.path2_started:
+            self.model.freeze_unet(True)
+        metrics = self.out_dir / "metrics.csv"
+        if metrics.exists():
+            frame = pd.read_csv(metrics)
+            self.rows = frame[frame.step < self.step].to_dict("records")
+        log.info("resumed %s at step %d", self.out_dir, self.step)
+
+    def _save(self, name: str):
+        if self.dist.main:
+            save_checkpoint(self.out_dir / name, self._payload())
+
+    # --- the schedule ---------------------------------------------------------------------------------------
+    def _path(self) -> int:
+        """1 or 2 for projection25d (seed 002's two paths), 0 for other models."""
+        if not self.projection:
+            return 0
+        tc = self.config["train"]
+        if tc["schedule"] == "alternate":
+            return 2 if (self.step + 1) % int(tc["alternate_every"]) == 0 else 1
+        if tc["schedule"] == "path1_then_path2" and not self.path2_started:
+            frac = float(tc["path2_fraction"])
+            by_steps = self.step >= math.ceil(int(tc["max_steps"]) * (1 - frac))
+            limit = float(tc["max_minutes"]) * 60
+            by_time = bool(limit) and self.elapsed >= limit * (1 - frac)
+            if frac > 0 and self.dist.any(by_steps or by_time):
+                self.path2_started = True
+        return 2 if self.path2_started else 1
+
+    # --- one step -------------------------------------------------------------------------------------------
+    def _loss(self, logits, masks):
+        lc = self.config["loss"]
+        if isinstance(logits, (list, tuple)):  # deep supervision
+            return sum(self._loss(l, masks) for l in logits) / len(logits)
+        return segmentation_loss(logits, masks, self.task.sigmoid, lc["kind"], float(lc["ce_weight"]),
+                                 float(lc["dice_weight"]))
+
+    def _aux_loss(self, view_logits, masks, views):
+        targets = self.model.project_labels(masks, views)
+        k = masks.shape[1]
+        lc = self.config["loss"]
+        return segmentation_loss(view_logits[:, -k:], targets, True, "bce_dice" if lc["kind"] != "dice" else "dice",
+                                 float(lc["ce_weight"]), float(lc["dice_weight"]))
+
+    def _path2_features(self, index: int):
+        case = self.train_cases[index]
+        if case.case_id not in self.feature_cache:
+            x = torch.from_numpy(case.image)[None]
+            with torch.no_grad():
+                self.feature_cache[case.case_id] = self.model.segment_views(x, self.model.all_views())
+        return self.feature_cache[case.case_id]
+
+    def _train_step(self, path: int) -> dict:
+        generator = step_generator(self.seed, self.step, self.dist.rank)
+        torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
+        self.model.train()
+        row = {"step": self.step, "path": path}
+        if path == 2:
+            if not all(not p.requires_grad for p in self.model.unet.parameters()):
+                self.model.freeze_unet(True)
+            index = int(torch.randint(len(self.train_cases), (1,), generator=generator))
+            case = self.train_cases[index]
+            features, argmax = self._path2_features(index)
+            x = torch.from_numpy(case.image)[None]
+            logits = self.model.lift(x, features, argmax, self.model.all_views())
+            loss = main = self._loss(logits, torch.from_numpy(case.masks)[None].float())
+            aux = None
+        else:
+            if self.projection and self.model.unet_frozen:
+                self.model.freeze_unet(False)
+            x, y = self.sampler.batch(generator)
+            net = self.ddp or self.model
+            aux = None
+            if self.projection and self.model.aux_loss:
+                logits, (view_logits, views) = net(x, return_views=True)
+                main = self._loss(logits, y)
+                aux = self._aux_loss(view_logits, y, views)
+                loss = main + float(self.config["loss"]["aux_weight"]) * aux
+            else:
+                loss = main = self._loss(net(x), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if path == 2 and self.dist.enabled:
+            self.dist.average_gradients(self.model.parameters())
+        self.optimizer.step()
+        row.update(loss=loss.item(), loss_main=main.item(), loss_aux=aux.item() if aux is not None else np.nan,
+                   lr=self.optimizer.param_groups[0]["lr"])
+        self.scheduler.step()
+        return row
+
+    # --- validation -----------------------------------------------------------------------------------------
+    def validate(self) -> dict:
+        if not self.val_cases:
+            return {}
+        scores = []
+        for case in self.val_cases:
+            probs = predict_probabilities(self.model, case.image, self.task.sigmoid)
+            scores.append(dice_per_class(probabilities_to_masks(probs, self.task.sigmoid), case.masks))
+        mean = np.mean(scores, axis=0)
+        out = {f"val_dice_{name}": float(v) for name, v in zip(self.task.classes, mean)}
+        out["val_dice_mean"] = float(mean.mean())
+        return out
+
+    # --- outputs --------------------------------------------------------------------------------------------
+    def _write_logs(self):
+        if not self.dist.main or not self.rows:
+            return
+        write_csv(self.out_dir / "metrics.csv", pd.DataFrame(self.rows))
+        try:
+            from seg25d.pipeline.figures import training_curves
+
+            training_curves(pd.DataFrame(self.rows), self.out_dir / "curves.png")
+        except Exception as err:  # figures never break a run
+            log.warning("could not draw training curves: %s", err)
+
+    def run(self) -> TrainResult:
+        tc = self.config["train"]
+        max_steps, limit = int(tc["max_steps"]), float(tc["max_minutes"]) * 60
+        if self.dist.main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            write_json(self.out_dir / "config.json", self.config)
+        stopped_by_time = False
+        bar = tqdm(total=max_steps, initial=self.step, desc=f"train {self.model.config['name']}", unit="step",
+                   disable=not (self.dist.main and tc["progress"]), dynamic_ncols=True)
+        checkpoint_every, val_every = int(tc["checkpoint_every"]), int(tc["val_every"])
+        while self.step < max_steps:
+            start = time.perf_counter()
+            path = self._path()
+            row = self._train_step(path)
+            self.step += 1
+            self.elapsed += time.perf_counter() - start
+            row["seconds"] = round(self.elapsed, 3)
+            out_of_time = self.dist.any(bool(limit) and self.elapsed >= limit)
+            last = self.step >= max_steps or out_of_time
+            if self.dist.main and (self.step % val_every == 0 or last):
+                scores = self.validate()
+                row.update(scores)
+                score = scores.get("val_dice_mean", -row["loss"])
+                if score > self.best:
+                    self.best = score
+                    self._save("best.pt")
+            self.rows.append(row)
+            bar.update(1)
+            bar.set_postfix(loss=f"{row['loss']:.4f}", path=path or "-", refresh=False)
+            if self.step % checkpoint_every == 0 or last:
+                self._save("last.pt")
+                self._write_logs()
+            self.dist.barrier()
+            if out_of_time:
+                stopped_by_time = self.step < max_steps
+                break
+        bar.close()
+        best = self.out_dir / "best.pt"
+        return TrainResult(self.out_dir, self.step, self.best, self.out_dir / "last.pt",
+                           best if best.exists() else None, stopped_by_time)
+
+
+def train(config: dict, out_dir: str | os.PathLike, resume: bool = False) -> TrainResult:
+    """Train the configured model into ``out_dir`` (see the module docstring)."""
+    return _Trainer(config, Path(out_dir), resume).run()

@@ -1,0 +1,73 @@
+"""Whole-volume prediction for every model family, on the preprocessed working grid.
+
+- ``projection25d``: the whole volume through all ``P`` views at once.
+- ``slicestack25d``: every slice with its neighbours stacked.
+- 2D networks (``unet2d``, ``segnet``, ``unetpp``): slice by slice; overlap-tile inference for slices larger
+  than ``tile`` or for valid-padding U-Nets.
+- ``unet3d``: the whole volume when it has at most ``max_voxels`` voxels, else a Gaussian-blended sliding window.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from seg25d.models.projection25d import Projection25D
+from seg25d.models.slicestack import SliceStack25D
+from seg25d.pipeline.inference import overlap_tile_2d, sliding_window_3d
+
+__all__ = ["predict_logits", "predict_probabilities", "logits_to_probabilities"]
+
+
+def _is_3d(model: torch.nn.Module) -> bool:
+    return getattr(model, "spatial_dims", 2) == 3
+
+
+@torch.no_grad()
+def predict_logits(model: torch.nn.Module, x: torch.Tensor, tile: int = 512, roi=(96, 96, 96),
+                   max_voxels: int = 192**3, slice_batch: int = 8) -> torch.Tensor:
+    """Logits ``(B, C_out, D, H, W)`` of ``x`` ``(B, C, D, H, W)`` for any registered model (eval mode)."""
+    was_training = model.training
+    model.eval()
+    try:
+        if isinstance(model, (Projection25D, SliceStack25D)):
+            return model(x)
+        if _is_3d(model):
+            if x[0, 0].numel() <= max_voxels:
+                return model(x)
+            return sliding_window_3d(model, x, roi=tuple(min(r, n) for r, n in zip(roi, x.shape[2:])))
+        b, c, d, h, w = x.shape
+        valid = getattr(model, "padding", "same") == "valid"
+        outs = []
+        for start in range(0, d, slice_batch):
+            slices = x[:, :, start:start + slice_batch].transpose(1, 2).reshape(-1, c, h, w)
+            if valid or max(h, w) > tile:
+                y = overlap_tile_2d(model, slices, tile=min(tile, max(h, w)) if not valid else tile)
+            else:
+                y = model(slices)
+            outs.append(y.view(b, -1, *y.shape[1:]).transpose(1, 2))
+        return torch.cat(outs, dim=2)
+    finally:
+        model.train(was_training)
+
+
+def logits_to_probabilities(logits: torch.Tensor, sigmoid: bool) -> torch.Tensor:
+    """Per-class probabilities ``(B, K, ...)``: sigmoid, or softmax without the background channel."""
+    return torch.sigmoid(logits) if sigmoid else torch.softmax(logits, dim=1)[:, 1:]
+
+
+def predict_probabilities(model: torch.nn.Module, image: np.ndarray, sigmoid: bool, tta: bool = False,
+                          **kwargs) -> np.ndarray:
+    """Per-class probabilities ``(K, D, H, W)`` for a preprocessed image ``(C, D, H, W)``.
+
+    ``tta`` averages over flips of the H and W axes (four passes).
+    """
+    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
+    flips = [(), (3,), (4,), (3, 4)] if tta else [()]
+    total = None
+    for dims in flips:
+        xi = x.flip(dims) if dims else x
+        probs = logits_to_probabilities(predict_logits(model, xi, **kwargs), sigmoid)
+        probs = probs.flip(dims) if dims else probs
+        total = probs if total is None else total + probs
+    return (total / len(flips))[0].numpy()
