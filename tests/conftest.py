@@ -27,3 +27,14 @@ def realdata() -> Path:
     if REALDATA is None:
         pytest.skip("real test data not found (set SEG25D_REALDATA or place it at ../shared/realdata)")
     return REALDATA
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Tiny tensors run faster on one thread, and the suite stays steady on a loaded 2-core machine."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
