@@ -27,6 +27,7 @@ from tqdm import tqdm
 from seg25d.pipeline.atomic import atomic_path, write_text
 from seg25d.pipeline.errors import InputError
 from seg25d.pipeline.synth.vessels import partial_volume, render_tubes, smooth_noise
+from seg25d.pipeline.kaggle.rle import rle_encode
 
 __all__ = ["write_gi_dataset", "GI_SIZES", "GI_CLASSES", "GI_SLICE_THICKNESS"]
 
@@ -363,13 +364,6 @@ def _render_case_day(case: _Case, rng: np.random.Generator) -> tuple[np.ndarray,
 # --- files ---------------------------------------------------------------------------------------------------
 
 
-def _rle_encode(mask: np.ndarray) -> str:
-    """Row-major (C order), 1-indexed ``start length`` pairs; empty string for an empty mask."""
-    flat = np.concatenate([[0], np.asarray(mask, dtype=bool).ravel().astype(np.int8), [0]])
-    edges = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    return " ".join(f"{start} {stop - start}" for start, stop in zip(edges[::2], edges[1::2]))
-
-
 def _range(value, name: str, low: int) -> tuple[int, int]:
     pair = (int(value), int(value)) if np.isscalar(value) else tuple(int(v) for v in value)
     if len(pair) != 2 or pair[0] < low or pair[1] < pair[0]:
@@ -429,7 +423,7 @@ def write_gi_dataset(
                 name = f"slice_{k + 1:04d}_{case.width}_{case.height}_{case.pixel_w:.2f}_{case.pixel_h:.2f}.png"
                 _write_png(scans / name, image[k])
                 for cls in GI_CLASSES:
-                    lines.append(f"{stem}_slice_{k + 1:04d},{cls},{_rle_encode(masks[cls][k])}")
+                    lines.append(f"{stem}_slice_{k + 1:04d},{cls},{rle_encode(masks[cls][k])}")
     csv_path = out_dir / "train.csv"
     write_text(csv_path, "\n".join(lines) + "\n")
     return csv_path
