@@ -18,6 +18,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from seg25d.pipeline.atomic import full_suffix, write_csv, write_json
+from seg25d.pipeline.cli import command_line
 from seg25d.pipeline.errors import InputError
 from seg25d.pipeline.io import SUPPORTED_EXTENSIONS, read_volume
 from seg25d.pipeline.manifest import LabelSpec, read_label_spec, read_manifest, sidecar_path
@@ -78,7 +79,8 @@ def evaluate(pred_dir: str | os.PathLike, manifest: str | os.PathLike, out_dir: 
     frame = pd.DataFrame(rows, columns=list(COLUMNS))
     summary = summarize(frame)
     summary.update({"empty_policy": empty, "split": split, "n_cases": int(len(cases)),
-                    "n_failed": len(failures), "failures": failures})
+                    "n_failed": len(failures), "failures": failures, "pred_dir": str(pred_dir.resolve()),
+                    "manifest": str(manifest.resolve()), "command": command_line()})
     write_csv(out_dir / "metrics.csv", frame)
     write_json(out_dir / "summary.json", summary)
     return frame

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from seg25d.pipeline.atomic import full_suffix, write_csv, write_json
 from seg25d.pipeline.checkpoint import load_checkpoint, load_model
+from seg25d.pipeline.cli import command_line
 from seg25d.pipeline.errors import InputError
 from seg25d.pipeline.io import read_volume, write_mask, write_volume
 from seg25d.pipeline.manifest import LabelSpec, read_manifest
@@ -105,6 +106,8 @@ def predict_batch(checkpoint, jobs: list[PredictionJob], out_dir, probabilities:
     mine, rank, world = _shard(jobs)
     if rank == 0:
         write_json(out_dir / "labels.json", predictor.spec.to_dict())
+        write_json(out_dir / "prediction.json", {"checkpoint": str(Path(checkpoint).resolve()), "tta": tta,
+                                                 "command": command_line()})
     failures, done, skipped = [], 0, 0
     start = time.perf_counter()
     bar = tqdm(mine, desc="predict", unit="vol", disable=not progress or rank != 0, dynamic_ncols=True)

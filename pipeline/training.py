@@ -33,6 +33,7 @@ from tqdm import tqdm
 from seg25d.models import build
 from seg25d.models.projection25d import Projection25D
 from seg25d.pipeline.atomic import write_csv, write_json
+from seg25d.pipeline.cli import command_line
 from seg25d.pipeline.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from seg25d.pipeline.data import BatchSampler, Case, Task, load_cases, model_family, split_manifest, step_generator, task_for
 from seg25d.pipeline.errors import InputError
@@ -325,6 +326,8 @@ class _Trainer:
         if self.dist.main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             write_json(self.out_dir / "config.json", self.config)
+            write_json(self.out_dir / "run.json", {"command": command_line(), "resumed_at_step": self.step,
+                                                   "world_size": self.dist.world})
         stopped_by_time = False
         bar = tqdm(total=max_steps, initial=self.step, desc=f"train {self.model.config['name']}", unit="step",
                    disable=not (self.dist.main and tc["progress"]), dynamic_ncols=True)
