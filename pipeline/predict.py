@@ -9,8 +9,9 @@ Output layout in ``out_dir``:
 - ``probabilities/<case_id>_<class><ext>`` (with ``probabilities=True``): float32 per-class probabilities.
 - ``failures.csv``: cases that could not be predicted and why (only when some failed).
 
-A failed case never stops the batch; files are written atomically; cases already predicted are skipped
-unless ``overwrite``. Under ``torchrun`` the cases are sharded over the processes.
+A failed case never stops the batch; files are written atomically; cases already predicted (with their
+probability maps when ``probabilities``) are skipped unless ``overwrite``. Under ``torchrun`` the cases are
+sharded over the processes.
 """
 
 from __future__ import annotations
@@ -113,17 +114,18 @@ def predict_batch(checkpoint, jobs: list[PredictionJob], out_dir, probabilities:
     bar = tqdm(mine, desc="predict", unit="vol", disable=not progress or rank != 0, dynamic_ncols=True)
     for job in bar:
         target = out_dir / job.name
-        if target.exists() and not overwrite:
+        ext = full_suffix(job.name)
+        maps = [out_dir / "probabilities" / f"{job.case_id}_{name}{ext}" for name in predictor.spec.classes]
+        finished = target.exists() and (not probabilities or all(m.exists() for m in maps))
+        if finished and not overwrite:
             skipped += 1
             continue
         try:
             volume = read_volume(job.image)
             probs = predictor.probabilities(volume, tta=tta)
             if probabilities:
-                ext = full_suffix(job.name)
-                for name, p in zip(predictor.spec.classes, probs):
-                    write_volume(out_dir / "probabilities" / f"{job.case_id}_{name}{ext}", p.astype("float32"),
-                                 volume.meta)
+                for path, p in zip(maps, probs):
+                    write_volume(path, p.astype("float32"), volume.meta)
             write_mask(target, predictor.label(probs), volume.meta)
             done += 1
         except InputError as err:

@@ -37,7 +37,7 @@ def as_geometry(angles, shape: Sequence[int], spacing: Sequence[float] | None = 
         angles = angles.detach().cpu().numpy()
     if not isinstance(angles, (int, np.integer)):
         angles = np.asarray(angles, dtype=float).reshape(-1)
-    return axis_geometry(shape, angles, axis=0, spacing=spacing or (1.0, 1.0, 1.0))
+    return axis_geometry(shape, angles, axis=0, spacing=(1.0, 1.0, 1.0) if spacing is None else spacing)
 
 
 def project(volume: torch.Tensor, angles, mode: str = "mip", spacing: Sequence[float] | None = None) -> torch.Tensor:

@@ -3,11 +3,11 @@
 All rows along the rotation axis share one in-plane geometry, so the tables index the ``Np * Nq`` voxels
 of one plane and every gather moves a contiguous run of ``N_a * B * C`` values.
 
-- Radon (line sums) is *voxel-driven*: each voxel centre projects onto the detector and splats its mass
-  into the two nearest columns with linear weights that sum to one, scaled by ``sp * sq / du``. Hence
-  ``sum_j R[j] * du`` equals the volume's mass at every angle, and ``R[j]`` approximates the line integral
-  (mm times intensity). The backprojection is the transpose: a linear interpolation of each detector row
-  at each voxel's projected position, the classic filtered-backprojection backprojector.
+- Radon (line sums) is *voxel-driven* with exact footprints: each voxel's shadow on the detector (a
+  trapezoid, see :mod:`seg25d.projections.footprint`) is integrated over the detector columns it covers,
+  scaled by ``sp * sq / du``. Hence ``sum_j R[j] * du`` equals the volume's mass at every angle, ``R[j]``
+  approximates the cell-averaged line integral (mm times intensity), and axis-aligned views give exact
+  sums. The backprojection is the transpose: each voxel reads the detector cells its shadow covers.
 - MIP is *ray-driven* (Joseph's method): each ray steps one voxel at a time along its major axis and
   interpolates linearly along the minor one; samples closer than half a voxel outside the volume take the
   edge voxel, samples farther out are invalid. The image is the maximum over a ray's samples.
@@ -18,6 +18,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
+from seg25d.projections.footprint import cell_weights
 
 __all__ = ["plane_axes", "splat_matrix", "mip_tables"]
 
@@ -39,15 +41,13 @@ def splat_matrix(geometry, views: np.ndarray) -> tuple[np.ndarray, np.ndarray, n
     rows, cols, vals = [], [], []
     for k, view in enumerate(views):
         e_u = geometry.u_axes[view]
-        ju = ((xp * e_u[p] + xq * e_u[q]) / du + (u_count - 1) / 2).ravel()
-        j0 = np.floor(ju)
-        frac = ju - j0
-        j0 = j0.astype(np.int64)
-        for j, w in ((j0, 1.0 - frac), (j0 + 1, frac)):
-            keep = (j >= 0) & (j < u_count) & (w > 0)
-            rows.append(k * u_count + j[keep])
-            cols.append(voxel[keep])
-            vals.append(w[keep])
+        centres = ((xp * e_u[p] + xq * e_u[q]) / du + (u_count - 1) / 2).ravel()
+        widths = (s_p * abs(e_u[p]) / du, s_q * abs(e_u[q]) / du)
+        index, weight = cell_weights(centres, widths, u_count)
+        keep = weight > 0
+        rows.append(k * u_count + index[keep])
+        cols.append(np.broadcast_to(voxel[:, None], index.shape)[keep])
+        vals.append(weight[keep])
     scale = s_p * s_q / du
     return np.concatenate(rows), np.concatenate(cols), np.concatenate(vals) * scale, (len(views) * u_count, n_p * n_q)
 

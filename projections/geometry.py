@@ -217,7 +217,10 @@ def direction_geometry(shape, directions, spacing=(1.0, 1.0, 1.0), axis_views=Tr
     views (fast path) when ``axis_views`` is true, so the detector rows then also fit the volume's rows.
     """
     directions = np.asarray(directions, dtype=float).reshape(-1, 3)
-    directions = directions / np.linalg.norm(directions, axis=1, keepdims=True)
+    norms = np.linalg.norm(directions, axis=1, keepdims=True)
+    if not np.all(np.isfinite(norms) & (norms > 0)):
+        raise ValueError("directions must be finite, non-zero vectors")
+    directions = directions / norms
     du = min(spacing)
     diameter = _extent(shape, spacing, (0, 1, 2))
     columns = _columns(diameter, du, shape[2])

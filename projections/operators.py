@@ -12,6 +12,7 @@ at the fill value (MIP: the volume's minimum per batch item and channel, the MIP
 
 from __future__ import annotations
 
+import collections
 import functools
 import warnings
 
@@ -43,17 +44,34 @@ class _AxisGroup:
 
     def __init__(self, geometry: Geometry, views: np.ndarray, device, dtype):
         self.geometry, self.views = geometry, views
-        self.index = torch.as_tensor(views, device=device)
         self.axis = geometry.axes[views[0]]
         self.p, self.q = plane_axes(self.axis)
         self.offset = geometry.row_offset(self.axis)
         self.device, self.dtype = device, dtype
         rows, cols, vals, shape = splat_matrix(geometry, views)
-        matrix = scipy.sparse.csr_matrix((vals, (rows, cols)), shape=shape)
-        self.matrix = _torch_csr(matrix, device, dtype)
-        self.matrix_t = _torch_csr(matrix.T.tocsr(), device, dtype)
+        self.sparse = scipy.sparse.csr_matrix((vals, (rows, cols)), shape=shape)
+        self.n_plane = shape[1]
+        self._subsets: collections.OrderedDict = collections.OrderedDict()
         perm = (2 + self.p, 2 + self.q, 2 + self.axis, 0, 1)
         self.perm, self.inverse = perm, tuple(int(i) for i in np.argsort(perm))
+
+    def matrices(self, local: np.ndarray):
+        """Radon matrix of the views ``local`` (positions in this group) and its transpose, as torch CSR.
+
+        Subsets (random views in training) are row blocks of the group's matrix; the last few are cached.
+        """
+        key = tuple(int(v) for v in local)
+        if key not in self._subsets:
+            u = self.geometry.detector_shape[1]
+            full = key == tuple(range(len(self.views)))
+            rows = None if full else np.concatenate([np.arange(v * u, (v + 1) * u) for v in key])
+            sub = self.sparse if full else self.sparse[rows]
+            self._subsets[key] = (_torch_csr(sub, self.device, self.dtype),
+                                  _torch_csr(sub.T.tocsr(), self.device, self.dtype))
+            if len(self._subsets) > 8:
+                self._subsets.popitem(last=False)
+        self._subsets.move_to_end(key)
+        return self._subsets[key]
 
     @functools.cached_property
     def mip_tables(self):
@@ -84,12 +102,14 @@ class _AxisGroup:
         pad = self.geometry.detector_shape[0] - rows - self.offset
         return torch.nn.functional.pad(y, (0, 0, self.offset, pad))
 
-    def radon(self, x):
-        return self.from_volume_rows(torch.sparse.mm(self.matrix, self.to_plane(x)), x.shape[0], x.shape[1])
+    def radon(self, x, local: np.ndarray):
+        matrix, _ = self.matrices(local)
+        return self.from_volume_rows(torch.sparse.mm(matrix, self.to_plane(x)), x.shape[0], x.shape[1], len(local))
 
-    def backproject(self, y):
-        """``y`` holds this group's views, in order."""
-        return self.from_plane(torch.sparse.mm(self.matrix_t, self.to_volume_rows(y)), y.shape[0], y.shape[1])
+    def backproject(self, y, local: np.ndarray):
+        """``y`` holds the views ``local`` of this group, in order."""
+        _, matrix_t = self.matrices(local)
+        return self.from_plane(torch.sparse.mm(matrix_t, self.to_volume_rows(y)), y.shape[0], y.shape[1])
 
     def mip(self, x, want_argmax: bool, local: np.ndarray):
         """MIP of the group's views ``local`` (positions in this group): ``(B, C, len(local), V, U)``."""
@@ -130,7 +150,7 @@ class _AxisGroup:
         if args.shape[-1] != rows * b * c:
             args = args.view(len(local), u_count, rows, b, 1).expand(-1, -1, -1, -1, c).reshape(len(local), u_count, -1)
         yt = self.to_volume_rows(y).view(len(local), -1, args.shape[-1])
-        n_plane = self.matrix.shape[1]
+        n_plane = self.n_plane
         cols = yt.shape[-1]
         out = yt.new_zeros((n_plane + 1) * cols)
         column = torch.arange(cols, device=y.device)
@@ -148,7 +168,6 @@ class _GeneralGroup:
 
     def __init__(self, geometry: Geometry, views: np.ndarray, device, dtype):
         self.geometry, self.views = geometry, [int(v) for v in views]
-        self.index = torch.as_tensor(views, device=device)
         self.coords = general_views.voxel_coordinates(geometry.shape, geometry.spacing, device, dtype)
 
     @staticmethod
@@ -165,13 +184,14 @@ class _GeneralGroup:
     def _views(self, y):
         return [y[:, :, n].reshape(y.shape[0] * y.shape[1], -1).t() for n in range(y.shape[2])]
 
-    def radon(self, x):
+    def radon(self, x, local: np.ndarray):
         xt = self._flat(x)
-        return self._stack([general_views.radon(self.geometry, v, xt, self.coords) for v in self.views], *x.shape[:2])
+        return self._stack([general_views.radon(self.geometry, self.views[n], xt, self.coords) for n in local],
+                           *x.shape[:2])
 
-    def backproject(self, y):
-        out = sum(general_views.backproject(self.geometry, v, yv, self.coords)
-                  for v, yv in zip(self.views, self._views(y)))
+    def backproject(self, y, local: np.ndarray):
+        out = sum(general_views.backproject(self.geometry, self.views[n], yv, self.coords)
+                  for n, yv in zip(local, self._views(y)))
         return self._volume(out, *y.shape[:2])
 
     def mip(self, x, want_argmax: bool, local: np.ndarray):
@@ -218,7 +238,6 @@ class _PlanView:
 
     def __init__(self, plan: _Plan, views: np.ndarray, geometry: Geometry):
         self.plan, self.views, self.geometry = plan, views, geometry
-        self.full = len(views) == len(plan.geometry) and bool((views == np.arange(len(views))).all())
 
     def _check_volume(self, x):
         if x.dim() != 5 or tuple(x.shape[2:]) != self.geometry.shape:
@@ -230,47 +249,37 @@ class _PlanView:
         if y.dim() != 5 or tuple(y.shape[2:]) != expected:
             raise ValueError(f"expected projections (B, C, {', '.join(map(str, expected))}), got {tuple(y.shape)}")
 
-    def _full(self, y):
-        """Projections of the selected views, zero-filled to all of the plan's views."""
-        if self.full:
-            return y
-        out = y.new_zeros(y.shape[0], y.shape[1], len(self.plan.geometry), *y.shape[3:])
-        return out.index_copy_(2, torch.as_tensor(self.views, device=y.device), y)
+    def _place(self, parts, x):
+        """Assemble per-group results ``(positions, images)`` into ``(B, C, len(views), V, U)``."""
+        if len(parts) == 1:
+            return parts[0][1]
+        out = x.new_empty(x.shape[0], x.shape[1], len(self.views), *self.geometry.detector_shape)
+        for positions, part in parts:
+            out.index_copy_(2, torch.as_tensor(positions, device=x.device), part)
+        return out
 
     def radon(self, x):
         self._check_volume(x)
         x = x.contiguous()
-        parts = [(group.index, group.radon(x)) for group in self.plan.groups]
-        if len(parts) == 1 and self.full:
-            return parts[0][1]
-        out = x.new_empty(x.shape[0], x.shape[1], len(self.plan.geometry), *self.geometry.detector_shape)
-        for index, part in parts:
-            out.index_copy_(2, index, part)
-        return out if self.full else out.index_select(2, torch.as_tensor(self.views, device=x.device))
+        return self._place([(positions, group.radon(x, local))
+                            for group, local, positions in self.plan.split(self.views)], x)
 
     def backproject(self, y):
         self._check_projections(y)
-        y = self._full(y.contiguous())
+        y = y.contiguous()
         out = None
-        for group in self.plan.groups:
-            part = group.backproject(y.index_select(2, group.index) if len(self.plan.groups) > 1 else y)
+        for group, local, positions in self.plan.split(self.views):
+            yg = y if len(positions) == len(self.views) else y.index_select(2, torch.as_tensor(positions, device=y.device))
+            part = group.backproject(yg, local)
             out = part.contiguous() if out is None else out.add_(part)
         return out
 
     def mip(self, x, want_argmax=False):
         self._check_volume(x)
         x = x.contiguous()
-        out, args = None, []
-        for group, local, positions in self.plan.split(self.views):
-            part, arg = group.mip(x, want_argmax, local)
-            if out is None and len(local) == len(self.views):
-                out = part
-            else:
-                if out is None:
-                    out = x.new_empty(x.shape[0], x.shape[1], len(self.views), *self.geometry.detector_shape)
-                out.index_copy_(2, torch.as_tensor(positions, device=x.device), part)
-            args.append(arg)
-        return out, args
+        results = [(positions, *group.mip(x, want_argmax, local))
+                   for group, local, positions in self.plan.split(self.views)]
+        return self._place([(p, img) for p, img, _ in results], x), [arg for _, _, arg in results]
 
     def mip_lift(self, y, args):
         self._check_projections(y)

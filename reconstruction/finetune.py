@@ -31,6 +31,20 @@ class FineTuning(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.pool > 1:
-            x = F.avg_pool3d(x, self.pool, stride=1, padding=self.pool // 2, count_include_pad=False)
+            x = _mean_pool(x, self.pool)
         view = (1, -1) + (1,) * (x.dim() - 2)
         return x * self.scale.view(view) + self.shift.view(view)
+
+
+def _mean_pool(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Mean over the in-volume part of each ``size``^3 window (stride 1, same shape) of ``(B, C, D, H, W)``.
+
+    ``avg_pool3d``'s own padding refuses volumes thinner than the window (e.g. one slice), so those are padded
+    explicitly and divided by the number of in-volume voxels.
+    """
+    if min(x.shape[-3:]) >= size:
+        return F.avg_pool3d(x, size, stride=1, padding=size // 2, count_include_pad=False)
+    pad = (size // 2,) * 6
+    total = F.avg_pool3d(F.pad(x, pad), size, stride=1, divisor_override=1)
+    count = F.avg_pool3d(F.pad(torch.ones_like(x[:1, :1]), pad), size, stride=1, divisor_override=1)
+    return total / count
