@@ -1,12 +1,13 @@
 """Networks, reachable by name: ``build(name, in_channels, out_channels, **options)``.
 
 Registered: ``unet2d``, ``unet3d`` (:mod:`.unet`), ``segnet`` (:mod:`.segnet`), ``unetpp`` (:mod:`.unetpp`),
-``slicestack25d`` (:mod:`.slicestack`), ``projection25d`` (:mod:`.projection25d`). Every model outputs logits.
+``slicestack25d`` (:mod:`.slicestack`), ``projection25d`` (:mod:`.projection25d`), and ``monai_unet``
+(:mod:`.monai_unet`, MONAI's 3D UNet as a benchmark peer; needs monai). Every model outputs logits.
 """
 
 from seg25d.models.registry import build, list_models, model_options, register_model
 
 # Importing the architecture modules registers them.
-from seg25d.models import unet, segnet, unetpp, slicestack, projection25d  # noqa: E402,F401  isort: skip
+from seg25d.models import unet, segnet, unetpp, slicestack, projection25d, monai_unet  # noqa: E402,F401  isort: skip
 
 __all__ = ["build", "list_models", "model_options", "register_model"]

@@ -6,7 +6,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["conv", "norm", "activation", "ConvBlock", "center_crop", "pad_to_multiple", "NORMS", "ACTIVATIONS"]
+__all__ = ["conv", "norm", "activation", "ConvBlock", "center_crop", "pad_to_multiple", "channels_last", "NORMS",
+           "ACTIVATIONS"]
 
 NORMS = ("batch", "instance", "none")
 ACTIVATIONS = ("relu", "leaky_relu")
@@ -72,3 +73,10 @@ def pad_to_multiple(x: torch.Tensor, multiple: int, spatial_dims: int, mode: str
     if any(pads):
         x = F.pad(x, pads, mode=mode)
     return x, sizes
+
+
+def channels_last(x: torch.Tensor) -> torch.Tensor:
+    """Channels-last layout for 4D tensors: oneDNN's fast path for 2D convolutions on CPU (measured here: a
+    2D U-Net's backward pass several times faster). 5D tensors are returned as they are: 3D networks with
+    normalisation measured slower in ``channels_last_3d``."""
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x

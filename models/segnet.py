@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from seg25d.models.blocks import ACTIVATIONS, NORMS, center_crop, pad_to_multiple
+from seg25d.models.blocks import ACTIVATIONS, NORMS, center_crop, channels_last, pad_to_multiple
 from seg25d.models.blocks import activation as make_activation, norm as make_norm
 from seg25d.models.registry import register_model
 
@@ -99,10 +99,12 @@ class SegNet(nn.Module):
                 layers += _conv_bn_relu(w, w_out if k == n - 1 else w, norm, activation)
             self.decoder.append(nn.Sequential(*layers))
         self.head = nn.Conv2d(widths[0], out_channels, 1)
+        self.to(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_channels, H, W) -> (B, out_channels, H, W) logits."""
         x, sizes = pad_to_multiple(x, 2**self.depth, 2)
+        x = channels_last(x)
         indices, shapes = [], []
         for block, pool in zip(self.encoder, self.pools):
             x = block(x)
@@ -112,7 +114,7 @@ class SegNet(nn.Module):
         for i in reversed(range(self.depth)):
             x = self.unpools[i](x, indices[i], shapes[i])
             x = self.decoder[i](x)
-        return center_crop(self.head(x), sizes)
+        return center_crop(self.head(x), sizes).contiguous()
 
 
 @register_model("segnet")

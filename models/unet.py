@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from seg25d.models.blocks import ACTIVATIONS, NORMS, ConvBlock, center_crop, conv, pad_to_multiple
+from seg25d.models.blocks import ACTIVATIONS, NORMS, ConvBlock, center_crop, channels_last, conv, pad_to_multiple
 from seg25d.models.registry import register_model
 
 __all__ = ["UNet", "valid_output_size"]
@@ -71,6 +71,8 @@ class UNet(nn.Module):
             self.decoder.append(ConvBlock(spatial_dims, 2 * w, w, **block))
             c = w
         self.head = conv(spatial_dims)(c, out_channels, 1)
+        if spatial_dims == 2:
+            self.to(memory_format=torch.channels_last)
 
     def _upsample(self, i: int, x: torch.Tensor) -> torch.Tensor:
         if self.upsampling == "transpose":
@@ -82,6 +84,7 @@ class UNet(nn.Module):
         same = self.padding == "same"
         if same:
             x, sizes = pad_to_multiple(x, 2 ** (self.depth - 1), self.spatial_dims)
+        x = channels_last(x)
         skips = []
         for i, block in enumerate(self.encoder):
             x = block(x if i == 0 else self.pool(x))
@@ -94,7 +97,7 @@ class UNet(nn.Module):
                 skip = center_crop(skip, x.shape[2:])
             x = block(torch.cat([skip, x], dim=1))
         x = self.head(x)
-        return center_crop(x, sizes) if same else x
+        return (center_crop(x, sizes) if same else x).contiguous()
 
 
 def valid_output_size(size: int, depth: int) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from seg25d.models.blocks import ACTIVATIONS, NORMS, ConvBlock, center_crop, pad_to_multiple
+from seg25d.models.blocks import ACTIVATIONS, NORMS, ConvBlock, center_crop, channels_last, pad_to_multiple
 from seg25d.models.registry import register_model
 
 __all__ = ["UNetPlusPlus"]
@@ -81,10 +81,12 @@ class UNetPlusPlus(nn.Module):
         self.pool = nn.MaxPool2d(2)
         n_heads = depth - 1 if self.deep_supervision else 1
         self.heads = nn.ModuleList(nn.Conv2d(widths[0], out_channels, 1) for _ in range(n_heads))
+        self.to(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         """(B, in_channels, H, W) -> logits (B, out_channels, H, W), or a list of them (see the class Note)."""
         x, sizes = pad_to_multiple(x, 2 ** (self.depth - 1), 2)
+        x = channels_last(x)
         grid: list[list[torch.Tensor]] = [[] for _ in range(self.depth)]
         for i in range(self.depth):
             grid[i].append(self.nodes[i][0](x if i == 0 else self.pool(grid[i - 1][0])))
@@ -94,8 +96,8 @@ class UNetPlusPlus(nn.Module):
                 up = self.ups[i][j - 1](grid[i + 1][j - 1])
                 grid[i].append(self.nodes[i][j](torch.cat([*grid[i][:j], up], dim=1)))
         if not self.deep_supervision:
-            return center_crop(self.heads[0](grid[0][-1]), sizes)
-        outputs = [center_crop(head(node), sizes) for head, node in zip(self.heads, grid[0][1:])]
+            return center_crop(self.heads[0](grid[0][-1]), sizes).contiguous()
+        outputs = [center_crop(head(node), sizes).contiguous() for head, node in zip(self.heads, grid[0][1:])]
         if self.training:
             return outputs
         return torch.stack(outputs).mean(dim=0)

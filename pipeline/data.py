@@ -60,7 +60,7 @@ class Case:
 
 def model_family(name: str) -> str:
     """How the data pipeline feeds a model: ``volume`` (3D input), ``slices`` (2D) or ``stacks`` (slice stacks)."""
-    if name in ("projection25d", "unet3d"):
+    if name in ("projection25d", "unet3d", "monai_unet"):
         return "volume"
     if name == "slicestack25d":
         return "stacks"

@@ -2,8 +2,8 @@
 
 ``train(config, out_dir)`` writes into ``out_dir``: ``config.json`` (resolved), ``last.pt`` (every
 ``train.checkpoint_every`` steps and at the end), ``best.pt`` (best mean validation Dice), ``metrics.csv``
-(one row per step: path, losses, learning rate, time; validation Dice per class on validation steps) and
-``curves.png``. ``train(..., resume=True)`` continues from ``last.pt``.
+(one row per step: path, losses, learning rate, the step's seconds and peak extra resident memory, total
+time; validation Dice per class on validation steps) and ``curves.png``. ``train(..., resume=True)`` continues from ``last.pt``.
 
 Reproducibility: each step's batch, augmentation and random views come from generators seeded by
 ``(seed, step, rank)``, and the optimiser and scheduler states are checkpointed, so a run killed at any point
@@ -38,6 +38,7 @@ from seg25d.pipeline.checkpoint import load_checkpoint, rng_state, save_checkpoi
 from seg25d.pipeline.data import BatchSampler, Case, Task, load_cases, model_family, split_manifest, step_generator, task_for
 from seg25d.pipeline.errors import InputError
 from seg25d.pipeline.losses import segmentation_loss
+from seg25d.pipeline.memory import PeakMemory
 from seg25d.pipeline.manifest import LabelSpec
 from seg25d.pipeline.preprocess import Preprocessing
 from seg25d.pipeline.volume_inference import predict_probabilities
@@ -275,6 +276,7 @@ class _Trainer:
         else:
             if self.projection and self.model.unet_frozen:
                 self.model.freeze_unet(False)
+                self.feature_cache.clear()  # the U-Net trains again: cached path-2 features go stale
             x, y = self.sampler.batch(generator)
             net = self.ddp or self.model
             aux = None
@@ -335,10 +337,13 @@ class _Trainer:
         while self.step < max_steps:
             start = time.perf_counter()
             path = self._path()
-            row = self._train_step(path)
+            with PeakMemory() as memory:
+                row = self._train_step(path)
             self.step += 1
-            self.elapsed += time.perf_counter() - start
-            row["seconds"] = round(self.elapsed, 3)
+            step_seconds = time.perf_counter() - start
+            self.elapsed += step_seconds
+            row.update(step_seconds=round(step_seconds, 4), seconds=round(self.elapsed, 3),
+                       peak_extra_mb=None if memory.extra_mb is None else round(memory.extra_mb, 1))
             out_of_time = self.dist.any(bool(limit) and self.elapsed >= limit)
             last = self.step >= max_steps or out_of_time
             if self.dist.main and (self.step % val_every == 0 or last):
@@ -352,8 +357,9 @@ class _Trainer:
             bar.update(1)
             bar.set_postfix(loss=f"{row['loss']:.4f}", path=path or "-", refresh=False)
             if self.step % checkpoint_every == 0 or last:
-                self._save("last.pt")
+                # logs first: a run killed in between resumes from the older last.pt and drops the extra rows
                 self._write_logs()
+                self._save("last.pt")
             self.dist.barrier()
             if out_of_time:
                 stopped_by_time = self.step < max_steps

@@ -1,4 +1,4 @@
-"""`seg25d kaggle`: the UW-Madison GI Tract (Kaggle) layout: import a split, score a submission.
+"""`seg25d kaggle`: the UW-Madison GI Tract (Kaggle) layout: import, score, train folds, submit, cv.
 
 Each subcommand is one ``_add_<name>(subparsers)`` function that adds its parser and points
 ``func`` at one ``_run_<name>(args)`` function; add a new one to :data:`SUBCOMMANDS`.
@@ -14,7 +14,7 @@ from pathlib import Path
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "kaggle",
-        help="UW-Madison GI Tract (Kaggle) layout: import, score",
+        help="UW-Madison GI Tract (Kaggle) layout: import, score, train, submit, cv",
         description="Work with the UW-Madison GI Tract Image Segmentation layout "
                     "(ROOT/train.csv, ROOT/train/case{N}/case{N}_day{M}/scans/slice_*.png).",
     )
@@ -90,5 +90,96 @@ def _fmt(value: float) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
 
 
-# One entry per subcommand; `train`, `submit`, `cv` go here when they exist.
-SUBCOMMANDS = (_add_import, _add_score)
+def _add_train(sub) -> None:
+    p = sub.add_parser(
+        "train",
+        help="cross-validated training: import once, train each fold, score its held-out case-days",
+        description="Import ROOT's train split once into RUN_DIR/data, then train fold k (or every fold in "
+                    "turn) into RUN_DIR/fold{k} with case-level GroupKFold, predict the fold's held-out "
+                    "case-days with its best.pt and score them: val_submission.csv, val_truth.csv, "
+                    "fold_score.json. A root with one case (or --folds 0) trains on everything into "
+                    "RUN_DIR/full without a fold score.",
+    )
+    p.add_argument("--root", required=True, type=Path, help="dataset root holding train.csv and train/")
+    p.add_argument("--out", required=True, type=Path, help="run folder (data/, fold{k}/, workflow.json)")
+    p.add_argument("--config", default="gi", help="preset name or TOML file (default: gi)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set model.name=projection25d (repeatable; applied last)")
+    p.add_argument("--folds", type=int, default=5,
+                   help="case-level cross-validation folds (default: 5; 0: one model on all cases)")
+    p.add_argument("--fold", type=int, default=None, help="train only this fold (default: every fold in turn)")
+    p.add_argument("--exclude", type=Path, default=None, metavar="FILE",
+                   help="file of case-day ids (case7_day0) or case ids (case7) to leave out, one per line, # comments")
+    p.add_argument("--seed", type=int, default=0, help="train.seed; also shuffles the fold assignment (default: 0)")
+    p.add_argument("--resume", action="store_true", help="continue each fold from its last.pt")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from seg25d.pipeline.kaggle.workflow import train_folds
+
+    results = train_folds(args.root, args.out, config=args.config, overrides=args.overrides, folds=args.folds,
+                          fold=args.fold, exclude_file=args.exclude, seed=args.seed, resume=args.resume)
+    scored = [r for r in results if r.score is not None]
+    print(f"trained {len(results)} run(s) in {args.out}; {len(scored)} with a fold score"
+          + (f" (seg25d kaggle cv --run {args.out})" if scored else ""))
+    return 0
+
+
+def _add_submit(sub) -> None:
+    p = sub.add_parser(
+        "submit",
+        help="predict a split with one or more checkpoints into a submission CSV",
+        description="Average the per-class probabilities of every --model on each case-day of ROOT/test "
+                    "(ROOT/train when there is no test folder), threshold, drop small 2D components and write "
+                    "id,class,predicted (RLE row-major; empty for no mask) in sample_submission.csv's order "
+                    "when ROOT has one, else by case-day, slice and class.",
+    )
+    p.add_argument("--model", dest="models", action="append", required=True, type=Path, metavar="CKPT",
+                   help="checkpoint (.pt); repeat to ensemble")
+    p.add_argument("--root", required=True, type=Path, help="dataset root holding test/ or train/")
+    p.add_argument("--out", required=True, type=Path, help="submission CSV to write")
+    p.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default: 0.5)")
+    p.add_argument("--min-area", type=int, default=0, metavar="N",
+                   help="drop 4-connected components smaller than N pixels per slice and class (default: 0)")
+    p.add_argument("--split", choices=("test", "train"), default=None,
+                   help="image folder under ROOT (default: test when present, else train)")
+    p.set_defaults(func=_run_submit)
+
+
+def _run_submit(args: argparse.Namespace) -> int:
+    from seg25d.pipeline.kaggle.workflow import submit
+
+    result = submit(args.models, args.root, args.out, threshold=args.threshold, min_area=args.min_area,
+                    split=args.split)
+    print(f"wrote {result.n_rows} rows ({result.n_nonempty} with a mask) for {len(result.case_days)} case-days of "
+          f"{args.root / result.split} with {len(args.models)} model(s) -> {result.path} "
+          f"(row order: {result.order_source})")
+    return 0
+
+
+def _add_cv(sub) -> None:
+    p = sub.add_parser(
+        "cv",
+        help="cross-validation table of a kaggle train run",
+        description="Read RUN_DIR/fold*/fold_score.json, print fold, case-days, score, dice, hausdorff and "
+                    "per-organ dice with the mean, and write RUN_DIR/cv.json and RUN_DIR/cv.csv.",
+    )
+    p.add_argument("--run", required=True, type=Path, help="run folder of seg25d kaggle train")
+    p.set_defaults(func=_run_cv)
+
+
+def _run_cv(args: argparse.Namespace) -> int:
+    from seg25d.pipeline.kaggle.workflow import collect_cv, format_cv_table
+
+    result = collect_cv(args.run)
+    print(format_cv_table(result))
+    expected = result["folds_expected"]
+    if expected and expected > result["n_folds"]:
+        print(f"note: {result['n_folds']} of {expected} folds have a score")
+    print(f"wrote {args.run / 'cv.json'} and {args.run / 'cv.csv'}")
+    return 0
+
+
+# One entry per subcommand.
+SUBCOMMANDS = (_add_import, _add_score, _add_train, _add_submit, _add_cv)

@@ -1,0 +1,52 @@
+"""Peak resident memory of a block of code, from Linux's high-water mark (``VmHWM``).
+
+``with PeakMemory() as m: ...`` resets the process's high-water mark, remembers the resident set size
+at entry, and after the block ``m.extra_mb`` is the peak resident memory above that baseline: the extra
+memory the block needed, including memory it freed again. Elsewhere (no ``/proc``) ``extra_mb`` is None.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["PeakMemory", "resident_mb"]
+
+_STATUS = Path("/proc/self/status")
+_CLEAR = Path("/proc/self/clear_refs")
+
+
+def _status_kb(key: str) -> int | None:
+    try:
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def resident_mb() -> float | None:
+    """Current resident set size in MiB (None where unknown)."""
+    kb = _status_kb("VmRSS")
+    return None if kb is None else kb / 1024
+
+
+class PeakMemory:
+    """Context manager measuring the peak extra resident memory (MiB) of its block."""
+
+    def __init__(self):
+        self.extra_mb: float | None = None
+        self._baseline: int | None = None
+
+    def __enter__(self) -> "PeakMemory":
+        try:
+            _CLEAR.write_text("5")  # reset VmHWM to the current RSS
+            self._baseline = _status_kb("VmRSS")
+        except OSError:
+            self._baseline = None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        peak = _status_kb("VmHWM")
+        if self._baseline is not None and peak is not None:
+            self.extra_mb = max(0, peak - self._baseline) / 1024

@@ -1,0 +1,260 @@
+"""The random 2.5D U-Net: shapes for its presets and options, gradients of path 1, the frozen U-Net of path 2,
+random view draws, evaluation with all views, projected labels."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from seg25d.models import build
+from seg25d.models.projection25d import PRESETS, Projection25D
+from seg25d.pipeline.losses import segmentation_loss
+
+TINY = dict(directions=2, train_directions=2, unet={"depth": 2, "base_channels": 4}, head_channels=4, filter_size=7)
+SHAPE = (6, 8, 9)
+
+
+def _tiny(out_channels=2, in_channels=1, **options) -> Projection25D:
+    torch.manual_seed(0)
+    return build("projection25d", in_channels, out_channels, **{**TINY, **options})
+
+
+def _volume(batch=2, channels=1, seed=0):
+    return torch.randn(batch, channels, *SHAPE, generator=torch.Generator().manual_seed(seed))
+
+
+def _masks(batch=2, classes=2, seed=1):
+    return (torch.rand(batch, classes, *SHAPE, generator=torch.Generator().manual_seed(seed)) > 0.7).float()
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_presets_full_size_shapes(preset):
+    torch.manual_seed(0)
+    model = build("projection25d", 1, 1, preset=preset)
+    assert model.n_views == {"paper": 32, "default": 24}[preset]
+    x = torch.randn(1, 1, 8, 16, 16)
+    assert model(x).shape == (1, 1, 8, 16, 16)
+    model.eval()
+    with torch.no_grad():
+        assert model(x).shape == (1, 1, 8, 16, 16)
+
+
+@pytest.mark.parametrize("options, out_channels, in_channels", [
+    ({}, 2, 1),
+    ({"preset": "paper"}, 2, 1),
+    ({"preset": "paper", "axes": (0, 1, 2)}, 1, 2),
+    ({"axes": (0,)}, 2, 1),
+    ({"axes": (0, 1, 2)}, 3, 1),
+    ({"axes": (2, 0)}, 1, 1),
+    ({"mode": "radon"}, 2, 1),
+    ({"mode": "radon", "lift": ("mip",)}, 2, 2),  # several input channels: lifted at the channel mean's maxima
+    ({"lift": ("backproject",)}, 2, 1),
+    ({"lift": ("mip",)}, 2, 1),
+    ({"lift": ("backproject", "mip")}, 2, 2),
+    ({"features": 6}, 2, 1),
+    ({"features": None}, 3, 1),
+    ({"head": "paper", "features": 2, "lift": ("backproject",), "mode": "radon"}, 2, 1),
+    ({"head": "paper", "features": 2, "lift": ("backproject",), "axes": (1,)}, 2, 2),
+    ({"filter_per_view": True, "filter_init": "ramp"}, 1, 1),
+])
+def test_output_shapes(options, out_channels, in_channels):
+    model = _tiny(out_channels, in_channels, **options)
+    x = _volume(channels=in_channels)
+    logits, (view_logits, views) = model(x, return_views=True)
+    assert logits.shape == (2, out_channels, *SHAPE)
+    assert view_logits.shape[:3] == (2, out_channels, model.train_directions) and len(views) == model.train_directions
+    model.eval()
+    with torch.no_grad():
+        logits, (view_logits, views) = model(x, return_views=True)
+    assert logits.shape == (2, out_channels, *SHAPE)
+    assert torch.equal(views, torch.arange(model.n_views)) and view_logits.shape[2] == model.n_views
+    assert torch.isfinite(logits).all()
+
+
+def test_preset_options_and_overrides():
+    model = _tiny(1, preset="paper")
+    assert model.axes == (0,) and model.mode == "mip" and model.lift_kinds == ("backproject",)
+    assert model.head_kind == "paper" and not model.aux_loss
+    assert model.filtration.weight.shape == (2, 1, 7)  # one filter per view (2 views), one channel
+    model = build("projection25d", 1, 1, unet={"depth": 2})  # unet options merge into the preset's
+    assert model.features == 4 and model.axes == (0, 1, 2) and model.n_views == 24
+    assert sum(isinstance(m, torch.nn.MaxPool2d) for m in model.unet.modules()) <= 1
+    assert build("projection25d", 1, 1, unet={"depth": 2}).config["options"] == {"unet": {"depth": 2}}
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"bogus": 1}, "unknown option"),
+    ({"preset": "papper"}, "unknown preset"),
+    ({"axes": (3,)}, "axes"),
+    ({"axes": (0, 0)}, "axes"),
+    ({"axes": ()}, "axes"),
+    ({"mode": "sum"}, "mode"),
+    ({"lift": ("fbp",)}, "lift"),
+    ({"lift": ()}, "lift"),
+    ({"train_directions": 0}, "train_directions"),
+    ({"train_directions": 7}, "train_directions"),  # 2 directions x 3 axes
+    ({"features": 1}, "features"),
+    ({"head": "mlp"}, "head"),
+    ({"head": "paper", "features": 4}, "paper head"),
+    ({"head": "paper", "features": 2}, "paper head"),  # two lifts: 2 * 2 + 1 channels
+    ({"head": "paper", "features": 2, "lift": ("mip",)}, "paper head"),  # MIP lifting adds a count channel
+    ({"filter_init": "hann"}, "init"),
+])
+def test_invalid_options(options, match):
+    with pytest.raises(ValueError, match=match):
+        build("projection25d", 1, 2, **{**TINY, **options})
+
+
+@pytest.mark.parametrize("options", [{}, {"mode": "radon"}, {"lift": ("mip",)}, {"features": 3, "axes": (0, 1)},
+                                     {"preset": "paper"}])
+def test_path1_every_parameter_gets_gradient(options):
+    model = _tiny(2, **options)
+    if model.filtration is not None and model.filtration.weight.shape[0] > 1:
+        model.train_directions = model.n_views  # per-view filters: draw every view so each filter is used
+    model.train()
+    logits = model(_volume())
+    segmentation_loss(logits, _masks(), sigmoid=True, kind="bce_dice").backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None, f"{name} got no gradient"
+        assert torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, f"{name} has a zero gradient"
+
+
+def test_per_view_filters_train_only_drawn_views():
+    model = _tiny(1, preset="paper", axes=(0, 1, 2), directions=3, train_directions=4)
+    logits, (_, views) = model(_volume(), return_views=True)
+    segmentation_loss(logits, _masks(classes=1), True).backward()
+    touched = model.filtration.weight.grad.abs().sum(dim=(1, 2)) > 0
+    expected = torch.zeros(model.n_views, dtype=torch.bool)
+    expected[views] = True
+    assert torch.equal(touched, expected)
+
+
+def test_draw_views_spread_over_axes_and_reproducible():
+    model = _tiny(1, axes=(0, 1, 2), directions=4, train_directions=7)
+    extra_axes, seen = set(), set()
+    for _ in range(30):
+        views = model.draw_views()
+        assert len(views) == 7 and len(set(views.tolist())) == 7
+        assert torch.equal(views, torch.sort(views).values)
+        assert views.min() >= 0 and views.max() < 12
+        per_axis = torch.bincount(views // 4, minlength=3)
+        assert sorted(per_axis.tolist()) == [2, 2, 3]
+        extra_axes.add(int(per_axis.argmax()))
+        seen |= set(views.tolist())
+    assert extra_axes == {0, 1, 2} and seen == set(range(12))
+    torch.manual_seed(123)
+    first = [model.draw_views() for _ in range(3)]
+    torch.manual_seed(123)
+    assert all(torch.equal(a, model.draw_views()) for a in first)
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    assert torch.equal(model.draw_views(g1), model.draw_views(g2))
+
+
+def test_training_forward_reproducible_under_manual_seed():
+    model = _tiny(2)
+    x = _volume()
+    torch.manual_seed(7)
+    a, (_, views_a) = model(x, return_views=True)
+    torch.manual_seed(7)
+    b, (_, views_b) = model(x, return_views=True)
+    assert torch.equal(views_a, views_b) and torch.equal(a, b)
+
+
+def _split_state(model):
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    unet = {k: v for k, v in state.items() if k.startswith("unet.")}
+    rest = {k: v for k, v in state.items() if k.startswith(("filtration.", "head."))}
+    assert len(unet) + len(rest) == len(state)
+    return unet, rest
+
+
+@pytest.mark.parametrize("options", [{}, {"preset": "paper"}, {"lift": ("mip",)}])
+def test_path2_trains_only_filtration_and_head(options):
+    model = _tiny(2, **options)
+    model.train()
+    # one path-1 step so that batch-norm statistics and Adam state are not trivial
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.05, weight_decay=0.01)
+    segmentation_loss(model(_volume()), _masks(), True).backward()
+    optimizer.step()
+    unet_before, rest_before = _split_state(model)
+
+    model.freeze_unet()
+    assert model.unet_frozen and not model.unet.training and model.training
+    assert all(not p.requires_grad for p in model.unet.parameters())
+    x, views = _volume(seed=3), model.all_views()
+    for _ in range(2):
+        optimizer.zero_grad(set_to_none=True)
+        logits = model.lift(x, *model.segment_views(x, views), views)
+        segmentation_loss(logits, _masks(seed=4), True).backward()
+        optimizer.step()
+    unet_after, rest_after = _split_state(model)
+    for k in unet_before:  # weights and batch-norm buffers
+        assert torch.equal(unet_before[k], unet_after[k]), f"{k} changed in path 2"
+    changed = [k for k in rest_before if not torch.equal(rest_before[k], rest_after[k])]
+    params = [k for k, _ in model.named_parameters() if not k.startswith("unet.")]
+    assert sorted(changed) == sorted(params)
+    if model.filtration is not None:
+        assert "filtration.weight" in changed
+    # a frozen model's forward in training mode uses every view; unfreezing restores path 1
+    _, (_, used) = model(x, return_views=True)
+    assert torch.equal(used, model.all_views())
+    model.freeze_unet(False)
+    assert model.unet.training and all(p.requires_grad for p in model.unet.parameters())
+    _, (_, used) = model(x, return_views=True)
+    assert len(used) == model.train_directions
+
+
+def test_freeze_survives_train_eval_switches():
+    model = _tiny(1).freeze_unet()
+    model.eval()
+    model.train()
+    assert not model.unet.training and model.head.training
+
+
+def test_eval_uses_all_views_and_is_deterministic():
+    model = _tiny(2)
+    model.train()
+    segmentation_loss(model(_volume()), _masks(), True).backward()  # batch-norm statistics move
+    model.eval()
+    x = _volume(seed=9)
+    with torch.no_grad():
+        a, (_, views) = model(x, return_views=True)
+        torch.manual_seed(1)
+        b = model(x)
+        torch.manual_seed(2)
+        c = model(x)
+        explicit = model(x, views=model.all_views())
+        other = model(x, views=torch.tensor([0, 3]))
+    assert torch.equal(views, torch.arange(model.n_views))
+    assert torch.equal(a, b) and torch.equal(a, c) and torch.equal(a, explicit)
+    assert not torch.equal(a, other)
+
+
+def test_state_dict_round_trip_rebuilds_same_model():
+    model = _tiny(2, features=3)
+    clone = build(model.config["name"], model.config["in_channels"], model.config["out_channels"],
+                  **copy.deepcopy(model.config["options"]))
+    clone.load_state_dict(model.state_dict())
+    model.eval(), clone.eval()
+    with torch.no_grad():
+        assert torch.equal(model(_volume()), clone(_volume()))
+
+
+@pytest.mark.parametrize("axes", [(0,), (0, 1, 2)])
+def test_project_labels_binary(axes):
+    model = _tiny(2, axes=axes)
+    labels = _masks(classes=2)
+    views = model.all_views()
+    projected = model.project_labels(labels, views)
+    assert projected.shape[:3] == (2, 2, len(views))
+    assert set(torch.unique(projected).tolist()) == {0.0, 1.0}
+    empty = model.project_labels(torch.zeros(1, 1, *SHAPE), views)
+    assert not empty.any()
+    # bool labels work and every view of a non-empty mask sees it
+    one = torch.zeros(1, 1, *SHAPE, dtype=torch.bool)
+    one[0, 0, 3, 4, 4] = True
+    seen = model.project_labels(one, views)
+    assert set(torch.unique(seen).tolist()) == {0.0, 1.0}
+    assert seen.flatten(3).amax(-1).all()

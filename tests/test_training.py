@@ -1,0 +1,426 @@
+"""Training end to end on a tiny synthetic set: every model through ``seg25d train``, checkpoints, bit-exact
+reproducibility, resume after ``kill -9``, the two-path schedule of projection25d, and ``torchrun``."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from seg25d.pipeline import training
+from seg25d.pipeline.checkpoint import FORMAT, load_checkpoint, load_model
+from seg25d.pipeline.cli import main
+from seg25d.pipeline.config import load_config
+from seg25d.pipeline.errors import InputError
+from seg25d.pipeline.training import train
+
+TINY_P25 = "model.options={directions=2, train_directions=2, unet={depth=2, base_channels=4}, head_channels=4, " \
+           "filter_size=7}"
+RUN_FILES = {"config.json", "run.json", "last.pt", "best.pt", "metrics.csv", "curves.png"}
+MODELS = {
+    "projection25d": ["model.name=projection25d", TINY_P25],
+    "projection25d-paper": ["model.name=projection25d", "model.options={preset='paper', directions=2, "
+                            "train_directions=2, unet={depth=2, base_channels=4}, filter_size=7}"],
+    "slicestack25d": ["model.name=slicestack25d",
+                      "model.options={slices=3, stride=2, backbone_options={depth=2, base_channels=4}}"],
+    "unet2d": ["model.name=unet2d", "model.options={depth=2, base_channels=4}"],
+    "segnet": ["model.name=segnet", "model.options={depth=2, base_channels=4}"],
+    "unetpp": ["model.name=unetpp", "model.options={depth=2, base_channels=4, deep_supervision=true}"],
+    "unet3d": ["model.name=unet3d", "model.options={depth=2, base_channels=4}"],
+    "unet3d-patches": ["model.name=unet3d", "model.options={depth=2, base_channels=4}", "data.patch_size=[8, 8, 8]",
+                       "train.batch_size=2"],
+    "monai_unet": ["model.name=monai_unet", "model.options={channels=[4, 8], strides=[2], num_res_units=1}"],
+}
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory):
+    from seg25d.pipeline.synth.vessels import write_vessel_dataset
+
+    path = write_vessel_dataset(tmp_path_factory.mktemp("vessels"), n=5, shape=(12, 16, 16), seed=0, progress=False)
+    frame = pd.read_csv(path)
+    assert set(frame.split) == {"train", "val", "test"}
+    return path
+
+
+@pytest.fixture
+def no_curves(monkeypatch):
+    """Skip drawing curves.png (the slowest part of a tiny step) where a test does not look at it."""
+    from seg25d.pipeline import figures
+
+    monkeypatch.setattr(figures, "training_curves", lambda metrics, path: path)
+
+
+def _sets(manifest, *extra, steps=3) -> list[str]:
+    return [f"data.manifest='{manifest}'", f"train.max_steps={steps}", "train.progress=false", "train.threads=1",
+            "train.slices_per_step=4", "train.val_every=2", "train.checkpoint_every=2", "train.warmup_steps=1",
+            *extra]
+
+
+def _cli(out, sets, *flags) -> list[str]:
+    args = ["train", "--out", str(out), *flags]
+    for s in sets:
+        args += ["--set", s]
+    return args
+
+
+def _weights(path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)["model_state"]
+
+
+def _assert_same_weights(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs"
+
+
+def _record_states(monkeypatch) -> dict[int, dict]:
+    """Keep a copy of the model state of every checkpoint the trainer writes, by step."""
+    states: dict[int, dict] = {}
+    original = training.save_checkpoint
+
+    def recording(path, payload):
+        states.setdefault(int(payload["step"]), {k: v.detach().clone() for k, v in payload["model_state"].items()})
+        return original(path, payload)
+
+    monkeypatch.setattr(training, "save_checkpoint", recording)
+    return states
+
+
+def _part(state: dict, prefix: tuple[str, ...]) -> dict:
+    return {k: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def _equal(a: dict, b: dict) -> bool:
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+# --- every model through the command ---------------------------------------------------------------------------
+
+def test_every_registered_model_is_covered():
+    from seg25d.models import list_models
+
+    assert set(list_models()) <= {spec[0].split("=")[1] for spec in MODELS.values()}
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_every_model_trains_through_the_command(manifest, tmp_path, name, capsys):
+    out = tmp_path / name
+    sets = _sets(manifest, *MODELS[name])
+    assert main(_cli(out, sets)) == 0
+    assert "trained 3 steps" in capsys.readouterr().out
+    assert {p.name for p in out.iterdir()} == RUN_FILES
+    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    metrics = pd.read_csv(out / "metrics.csv")
+    assert list(metrics.step) == [0, 1, 2]
+    columns = {"path", "loss", "loss_main", "loss_aux", "lr", "seconds", "val_dice_vessel", "val_dice_mean"}
+    assert columns <= set(metrics)
+    assert np.isfinite(metrics.loss).all() and np.isfinite(metrics.loss_main).all()
+    projection = name.startswith("projection25d")
+    assert list(metrics.path) == ([1, 1, 1] if projection else [0, 0, 0])
+    assert metrics.loss_aux.notna().all() == (name == "projection25d")  # only the default preset has the aux loss
+    # validation after step 2 (val_every) and at the end; Dice in [0, 1]
+    assert metrics.val_dice_vessel.isna().tolist() == [True, False, False]
+    assert metrics.val_dice_vessel.dropna().between(0, 1).all()
+    checkpoint = load_checkpoint(out / "last.pt")
+    assert checkpoint["model_config"]["name"] == MODELS[name][0].split("=")[1]
+    assert checkpoint["step"] == 3
+    model = load_model(out / "best.pt")
+    assert not model.training
+
+
+# --- checkpoints -----------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def small_run(manifest, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "p25"
+    config = load_config("vessels", _sets(manifest, TINY_P25))
+    result = train(config, out)
+    return out, config, result
+
+
+def test_train_result_and_config_json(small_run):
+    out, config, result = small_run
+    assert result.steps == 3 and result.out_dir == out and not result.stopped_by_time
+    assert result.last_checkpoint == out / "last.pt" and result.best_checkpoint == out / "best.pt"
+    assert json.loads((out / "config.json").read_text()) == config
+
+
+def test_checkpoint_contents(small_run):
+    out, config, _ = small_run
+    payload = torch.load(out / "last.pt", map_location="cpu", weights_only=True)  # no pickled code needed
+    assert payload["format"] == FORMAT
+    assert {"model_config", "model_state", "optimizer_state", "scheduler_state", "rng", "step", "config", "classes",
+            "preprocessing", "task", "sigmoid", "best_score", "elapsed_seconds", "path2_started"} <= set(payload)
+    assert payload["step"] == 3 and payload["config"] == config
+    assert payload["classes"] == ["vessel"] and payload["sigmoid"] is True
+    assert payload["task"] == {"classes": ["vessel"], "values": [1], "encoding": "index"}
+    assert payload["preprocessing"]["normalize"] == "case_zscore" and payload["preprocessing"]["spacing"] is None
+    assert payload["model_config"]["name"] == "projection25d" and payload["model_config"]["out_channels"] == 1
+    model = load_model(out / "last.pt")
+    _assert_same_weights(model.state_dict(), payload["model_state"])
+    optimizer = payload["optimizer_state"]
+    assert len(optimizer["state"]) == len(list(model.parameters()))
+    assert all(int(s["step"]) == 3 for s in optimizer["state"].values())
+    assert payload["scheduler_state"]["last_epoch"] == 3
+    assert set(payload["rng"]) == {"python", "torch", "numpy"}
+    assert payload["rng"]["torch"].dtype == torch.uint8
+    best = load_checkpoint(out / "best.pt")
+    assert best["step"] in (2, 3) and best["best_score"] == payload["best_score"]
+
+
+def test_corrupt_checkpoint_named(small_run, tmp_path, capsys):
+    out, config, _ = small_run
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint at all")
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes((out / "last.pt").read_bytes()[:2000])
+    for path in (garbage, truncated):
+        with pytest.raises(InputError) as info:
+            load_checkpoint(path)
+        assert str(info.value).startswith(f"{path}: ") and "not a readable checkpoint" in str(info.value)
+    other = tmp_path / "other.pt"
+    torch.save({"model_state": {}}, other)
+    with pytest.raises(InputError, match="not a seg25d checkpoint"):
+        load_checkpoint(other)
+    with pytest.raises(InputError, match="checkpoint not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+    # resuming a run whose last.pt is corrupt fails with that file's name, exit status 2
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    (run / "last.pt").write_bytes(b"\x00" * 100)
+    assert main(_cli(run, _sets(config["data"]["manifest"], TINY_P25), "--resume")) == 2
+    assert f"{run / 'last.pt'}: not a readable checkpoint" in capsys.readouterr().err
+
+
+# --- reproducibility -------------------------------------------------------------------------------------------
+
+def test_same_seed_bit_identical_other_seed_differs(manifest, tmp_path, small_run, no_curves):
+    out, config, _ = small_run
+    again = train(load_config("vessels", _sets(manifest, TINY_P25)), tmp_path / "again")
+    _assert_same_weights(_weights(out / "last.pt"), _weights(again.last_checkpoint))
+    a, b = pd.read_csv(out / "metrics.csv"), pd.read_csv(tmp_path / "again" / "metrics.csv")
+    np.testing.assert_array_equal(a.loss, b.loss)
+    other = train(load_config("vessels", _sets(manifest, TINY_P25, "train.seed=1")), tmp_path / "other")
+    first, second = _weights(out / "last.pt"), _weights(other.last_checkpoint)
+    assert not all(torch.equal(first[k], second[k]) for k in first)
+
+
+def _kill_midway(proc: subprocess.Popen, checkpoint, steps: int, timeout: float = 120.0) -> int | None:
+    """SIGKILL ``proc`` once ``checkpoint`` holds a step in [1, steps - 1]; the step it was killed after, or None
+    when the run ended on its own first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            if proc.returncode != 0:
+                pytest.fail(f"training subprocess failed with status {proc.returncode}")
+            return None
+        step = None
+        if checkpoint.exists():
+            try:
+                step = int(torch.load(checkpoint, map_location="cpu", weights_only=True)["step"])
+            except Exception:  # replaced while we read it: look again
+                step = None
+        if step is not None and 1 <= step <= steps - 1:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            final = int(torch.load(checkpoint, map_location="cpu", weights_only=True)["step"])
+            return final if proc.returncode == -signal.SIGKILL and final < steps else None
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait()
+    pytest.fail("training subprocess did not checkpoint in time")
+
+
+def test_resume_after_kill_is_bit_identical(manifest, tmp_path, no_curves):
+    steps = 10
+    sets = _sets(manifest, TINY_P25, "train.checkpoint_every=1", "train.val_every=4", "train.path2_fraction=0.3",
+                 steps=steps)
+    reference = train(load_config("vessels", sets), tmp_path / "a")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    for attempt in range(3):
+        out = tmp_path / f"b{attempt}"
+        with open(tmp_path / f"b{attempt}.log", "wb") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "seg25d", *_cli(out, sets)], env=env,
+                                    stdout=log, stderr=subprocess.STDOUT)
+            try:
+                killed_after = _kill_midway(proc, out / "last.pt", steps)
+            except BaseException:
+                print((tmp_path / f"b{attempt}.log").read_text()[-3000:])
+                raise
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+        if killed_after is not None:
+            break
+    else:
+        pytest.fail("the training subprocess always finished before it could be killed")
+    assert 1 <= killed_after < steps
+    assert main(_cli(out, sets, "--resume")) == 0
+    _assert_same_weights(_weights(reference.last_checkpoint), _weights(out / "last.pt"))
+    metrics = pd.read_csv(out / "metrics.csv")
+    assert list(metrics.step) == list(range(steps))
+    expected = pd.read_csv(tmp_path / "a" / "metrics.csv")
+    np.testing.assert_array_equal(metrics.loss, expected.loss)
+    assert list(metrics.path) == list(expected.path) == [1] * 7 + [2] * 3
+    assert json.loads((out / "run.json").read_text())["resumed_at_step"] == killed_after
+
+
+@pytest.mark.parametrize("schedule, resume_at", [("path1_then_path2", 4), ("path1_then_path2", 2),
+                                                 ("alternate", 4)])
+def test_resume_from_any_checkpoint(manifest, tmp_path, monkeypatch, no_curves, schedule, resume_at):
+    """Resuming from the checkpoint of any step (in path 1, in path 2, between alternating paths) ends with the
+    weights of the uninterrupted run."""
+    steps = 6
+    sets = _sets(manifest, TINY_P25, f"train.schedule={schedule}", "train.path2_fraction=0.5",
+                 "train.alternate_every=2", "train.checkpoint_every=1", steps=steps)
+    saved = {}
+    original = training.save_checkpoint
+
+    def keep(path, payload):
+        result = original(path, payload)
+        if path.name == "last.pt":
+            saved[payload["step"]] = path.read_bytes()
+        return result
+
+    monkeypatch.setattr(training, "save_checkpoint", keep)
+    reference = train(load_config("vessels", sets), tmp_path / "a")
+    monkeypatch.setattr(training, "save_checkpoint", original)
+    run = tmp_path / "b"
+    run.mkdir()
+    (run / "last.pt").write_bytes(saved[resume_at])
+    frame = pd.read_csv(tmp_path / "a" / "metrics.csv")
+    frame[frame.step < resume_at + 2].to_csv(run / "metrics.csv", index=False)  # logs may run ahead of last.pt
+    result = train(load_config("vessels", sets), run, resume=True)
+    assert result.steps == steps
+    _assert_same_weights(_weights(reference.last_checkpoint), _weights(run / "last.pt"))
+    metrics = pd.read_csv(run / "metrics.csv")
+    assert list(metrics.step) == list(range(steps))
+    np.testing.assert_array_equal(metrics.loss, frame.loss)
+
+
+# --- the two-path schedule -------------------------------------------------------------------------------------
+
+UNET, REST = ("unet.",), ("filtration.", "head.")
+
+
+def _schedule_run(manifest, out, monkeypatch, *extra, steps=6):
+    states = _record_states(monkeypatch)
+    sets = _sets(manifest, TINY_P25, "train.checkpoint_every=1", "train.val_every=100", *extra, steps=steps)
+    train(load_config("vessels", sets), out)
+    assert sorted(states) == list(range(1, steps + 1))
+    return pd.read_csv(out / "metrics.csv"), states
+
+
+def test_path1_then_path2(manifest, tmp_path, monkeypatch, no_curves):
+    metrics, states = _schedule_run(manifest, tmp_path / "run", monkeypatch, "train.schedule=path1_then_path2",
+                                    "train.path2_fraction=0.5")
+    assert list(metrics.path) == [1, 1, 1, 2, 2, 2]
+    assert metrics.loss_aux[metrics.path == 2].isna().all() and metrics.loss_aux[metrics.path == 1].notna().all()
+    for step in (1, 2):  # path 1 trains the U-Net (state[s] holds the weights after s steps)
+        assert not _equal(_part(states[step], UNET), _part(states[step + 1], UNET))
+    for step in (3, 4, 5):  # path 2: U-Net bit-identical (weights and batch-norm buffers), F and head move
+        assert _equal(_part(states[step], UNET), _part(states[step + 1], UNET))
+        for key in _part(states[step], REST):
+            assert not torch.equal(states[step][key], states[step + 1][key]), f"{key} did not change in path 2"
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["path2_started"] is True
+
+
+def test_alternate_schedule(manifest, tmp_path, monkeypatch, no_curves):
+    metrics, states = _schedule_run(manifest, tmp_path / "run", monkeypatch, "train.schedule=alternate",
+                                    "train.alternate_every=3")
+    assert list(metrics.path) == [1, 1, 2, 1, 1, 2]
+    for step, path in enumerate(metrics.path):
+        unet_same = _equal(_part(states.get(step, states[1]), UNET), _part(states[step + 1], UNET))
+        if step == 0:
+            continue
+        assert unet_same == (path == 2), f"step {step} (path {path})"
+        if path == 2:
+            assert not _equal(_part(states[step], REST), _part(states[step + 1], REST))
+
+
+def test_path1_schedule_never_uses_path2(manifest, tmp_path, monkeypatch, no_curves):
+    metrics, states = _schedule_run(manifest, tmp_path / "run", monkeypatch, "train.schedule=path1",
+                                    "train.path2_fraction=0.9")
+    assert set(metrics.path) == {1}
+    for step in range(1, 6):
+        assert not _equal(_part(states[step], UNET), _part(states[step + 1], UNET))
+
+
+def test_other_models_have_no_paths(manifest, tmp_path, no_curves):
+    sets = _sets(manifest, *MODELS["unet2d"], "train.schedule=alternate", "train.alternate_every=1")
+    train(load_config("vessels", sets), tmp_path / "run")
+    assert set(pd.read_csv(tmp_path / "run" / "metrics.csv").path) == {0}
+
+
+# --- run folders and errors ------------------------------------------------------------------------------------
+
+def test_existing_run_needs_resume(small_run, tmp_path, capsys):
+    out, config, _ = small_run
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    sets = _sets(config["data"]["manifest"], TINY_P25)
+    assert main(_cli(run, sets)) == 2
+    err = capsys.readouterr().err
+    assert f"{run}: holds a run already" in err and "--resume" in err
+    assert (run / "last.pt").read_bytes() == (out / "last.pt").read_bytes()  # untouched
+    # resuming a finished run is a no-op that succeeds
+    assert main(_cli(run, sets, "--resume")) == 0
+
+
+def test_resume_with_other_model_errors(small_run, tmp_path, capsys):
+    out, config, _ = small_run
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    assert main(_cli(run, _sets(config["data"]["manifest"], *MODELS["unet2d"]), "--resume")) == 2
+    err = capsys.readouterr().err
+    assert f"{run / 'last.pt'}: holds a projection25d run" in err and "unet2d" in err
+
+
+def test_resume_without_run_errors(manifest, tmp_path, capsys):
+    assert main(_cli(tmp_path / "empty", _sets(manifest, *MODELS["unet2d"]), "--resume")) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("override, match", [
+    ("train.schedule=both", "train.schedule"),
+    ("train.scheduler=step", "train.scheduler"),
+    ("model.name=unet4d", "unknown model 'unet4d'"),
+    ("model.options={depth=2, widht=4}", "unknown option"),
+    ("data.manifest=''", "no manifest given"),
+])
+def test_bad_settings(manifest, tmp_path, override, match):
+    sets = _sets(manifest, *MODELS["unet2d"], override)
+    with pytest.raises(InputError, match=match):
+        train(load_config("vessels", sets), tmp_path / "run")
+
+
+# --- data parallel ---------------------------------------------------------------------------------------------
+
+def test_torchrun_two_processes(manifest, tmp_path):
+    steps = 4
+    out = tmp_path / "ddp"
+    sets = _sets(manifest, TINY_P25, "train.path2_fraction=0.5", steps=steps)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "seg25d",
+               *_cli(out, sets)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("trained 4 steps") == 1  # only rank 0 reports
+    assert {p.name for p in out.iterdir()} == RUN_FILES  # one last.pt: only rank 0 writes
+    assert json.loads((out / "run.json").read_text())["world_size"] == 2
+    assert load_checkpoint(out / "last.pt")["step"] == steps
+    metrics = pd.read_csv(out / "metrics.csv")
+    assert list(metrics.step) == list(range(steps))
+    assert list(metrics.path) == [1, 1, 2, 2]
+    assert np.isfinite(metrics.loss).all()
