@@ -18,6 +18,7 @@ import math
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from seg25d.models.registry import register_model
 from seg25d.models.unet import UNet
@@ -30,21 +31,26 @@ PRESETS: dict[str, dict] = {
     # The seed's configuration: one rotation axis, MIP, one channel per class, F (ramp) + backprojection, T.
     "paper": dict(axes=(0,), directions=32, train_directions=8, mode="mip", features=None, lift=("backproject",),
                   filter_init="ramp", filter_per_view=True, filter_size=63, head="paper", head_channels=8,
-                  unet={"depth": 4, "base_channels": 16}, aux_loss=False),
+                  head_layers=1, unet={"depth": 4, "base_channels": 16}, aux_loss=False),
     # Three rotation axes, several feature channels lifted by backprojection and by MIP lifting, a head that
     # sees the input volume, and a 2D auxiliary loss on the views (see docs/benchmarks.md for each step's effect).
-    "default": dict(axes=(0, 1, 2), directions=8, train_directions=6, mode="mip", features=4,
+    "default": dict(axes=(0, 1, 2), directions=8, train_directions=6, mode="mip", features=2,
                     lift=("backproject", "mip"), filter_init="identity", filter_per_view=False, filter_size=63,
-                    head="volume", head_channels=8, unet={"depth": 4, "base_channels": 16}, aux_loss=True),
+                    head="volume", head_channels=8, head_layers=1, unet={"depth": 4, "base_channels": 16},
+                    aux_loss=True),
 }
 LIFTS = ("backproject", "mip")
 
 
 class VolumeHead(nn.Module):
-    """A light full-resolution head: pointwise mixing of the input and the lifted evidence, then a few 3x3x3
-    convolutions of ``channels`` channels, then per-class logits. Its memory is a few volume-sized tensors."""
+    """A light full-resolution head: pointwise mixing of the input and the lifted evidence, ``layers`` 3x3x3
+    convolutions of ``channels`` channels, then per-class logits.
 
-    def __init__(self, in_channels: int, out_channels: int, channels: int = 8, layers: int = 2):
+    In training its activations are recomputed in the backward pass instead of stored (activation
+    checkpointing), so its memory is that of its input and output: a few volume-sized tensors.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, channels: int = 8, layers: int = 1):
         super().__init__()
         mods: list[nn.Module] = [nn.Conv3d(in_channels, channels, 1), nn.LeakyReLU(0.01, inplace=True)]
         for _ in range(layers):
@@ -52,9 +58,14 @@ class VolumeHead(nn.Module):
         mods.append(nn.Conv3d(channels, out_channels, 1))
         self.net = nn.Sequential(*mods).to(memory_format=torch.channels_last_3d)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
         # channels_last_3d: oneDNN's fast path; measured here 2.5x faster for these norm-free convolutions
         return self.net(x.contiguous(memory_format=torch.channels_last_3d)).contiguous()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:
+            return checkpoint(self._run, x, use_reentrant=False)
+        return self._run(x)
 
 
 class Projection25D(nn.Module):
@@ -66,12 +77,12 @@ class Projection25D(nn.Module):
         directions: views per axis at inference (``p`` per axis).
         train_directions: views drawn at random per training forward (``m``, path 1), spread over the axes.
         mode: ``"mip"`` or ``"radon"`` projections as the U-Net's input.
-        features: channels per view produced by the U-Net and lifted (default ``K``; the first ``K`` are the
-            views' 2D segmentation logits).
-        lift: ``("backproject",)``, ``("mip",)`` or both.
+        features: channels per view and lift kind (default ``K``): the U-Net outputs ``features`` channels for
+            each lift; the first ``K`` of all are the views' 2D segmentation logits (auxiliary loss).
+        lift: ``("backproject",)``, ``("mip",)`` or both; each lifts its own ``features`` channels.
         filter_init, filter_per_view, filter_size: the filtration F (``"ramp"`` or ``"identity"``).
         head: ``"paper"`` (T: average pooling, affine, sigmoid) or ``"volume"`` (:class:`VolumeHead`, sees the input).
-        head_channels: width of the volume head.
+        head_channels, head_layers: width and number of 3x3x3 convolutions of the volume head.
         unet: options of the shared 2D :class:`~seg25d.models.unet.UNet`.
         aux_loss: whether training adds a 2D loss of the views' logits against the projected labels.
     """
@@ -79,7 +90,8 @@ class Projection25D(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, *, axes=(0, 1, 2), directions: int = 8,
                  train_directions: int = 6, mode: str = "mip", features: int | None = 4, lift=("backproject", "mip"),
                  filter_init: str = "identity", filter_per_view: bool = False, filter_size: int = 63,
-                 head: str = "volume", head_channels: int = 8, unet: dict | None = None, aux_loss: bool = True):
+                 head: str = "volume", head_channels: int = 8, head_layers: int = 1, unet: dict | None = None,
+                 aux_loss: bool = True):
         super().__init__()
         axes = tuple(int(a) for a in axes)
         lift = tuple(lift)
@@ -92,14 +104,15 @@ class Projection25D(nn.Module):
             raise ValueError(f"lift must be a non-empty subset of {LIFTS}, got {lift}")
         if not 1 <= train_directions <= directions * len(axes):
             raise ValueError(f"train_directions must be in [1, {directions * len(axes)}], got {train_directions}")
-        if features < out_channels:
-            raise ValueError(f"features ({features}) must be >= out_channels ({out_channels})")
+        if features * len(lift) < out_channels:
+            raise ValueError(f"features x lifts ({features} x {len(lift)}) must be >= out_channels ({out_channels}): "
+                             "the first out_channels view channels are the views' 2D logits")
         if head not in ("paper", "volume"):
             raise ValueError(f"head must be 'paper' or 'volume', got {head!r}")
         self.axes, self.directions, self.train_directions = axes, directions, train_directions
         self.mode, self.features, self.lift_kinds, self.aux_loss = mode, features, lift, aux_loss
         self.out_channels = out_channels
-        self.unet = UNet(2, in_channels, features, **(unet or {}))
+        self.unet = UNet(2, in_channels, features * len(lift), **(unet or {}))
         n_views = directions * len(axes)
         self.filtration = Filtration(kernel_size=filter_size, views=n_views if filter_per_view else 1,
                                      channels=features, init=filter_init) if "backproject" in lift else None
@@ -110,7 +123,7 @@ class Projection25D(nn.Module):
                                  "one lift")
             self.head = FineTuning(out_channels)
         else:
-            self.head = VolumeHead(in_channels + evidence, out_channels, head_channels)
+            self.head = VolumeHead(in_channels + evidence, out_channels, head_channels, head_layers)
         self.head_kind = head
         self.unet_frozen = False
         self._geometries: dict[tuple, object] = {}
@@ -158,20 +171,21 @@ class Projection25D(nn.Module):
             _, argmax = mip.with_argmax(x if x.shape[1] == 1 else x.mean(dim=1, keepdim=True))
         b, c, m, v, u = images.shape
         out = self.unet(images.transpose(1, 2).reshape(b * m, c, v, u))
-        return out.view(b, m, self.features, v, u).transpose(1, 2), argmax
+        return out.view(b, m, out.shape[1], v, u).transpose(1, 2), argmax
 
     def lift(self, x: torch.Tensor, features: torch.Tensor, argmax, views: torch.Tensor) -> torch.Tensor:
         """Lift view features back to the volume and apply the head: logits ``(B, K, D, H, W)``."""
         geometry = self.geometry(x.shape[2:])[views.cpu().numpy()]
         m = len(views)
         parts = []
-        if "backproject" in self.lift_kinds:
+        groups = dict(zip(self.lift_kinds, features.split(self.features, dim=1)))
+        if "backproject" in groups:
             view_index = views.to(features.device) if self.filtration.weight.shape[0] > 1 else None
-            parts.append(RayBackprojection(geometry)(self.filtration(features, view_index)) / m)
-        if "mip" in self.lift_kinds:
+            parts.append(RayBackprojection(geometry)(self.filtration(groups["backproject"], view_index)) / m)
+        if "mip" in groups:
             mip = MaxIntensityProjection(geometry)
-            parts.append(mip.lift(features, argmax) / m)
-            parts.append(mip.lift(torch.ones_like(features[:, :1]), argmax) / m)  # how many maxima landed here
+            ones = torch.ones_like(groups["mip"][:, :1])
+            parts.append(mip.lift(torch.cat([groups["mip"], ones], dim=1), argmax) / m)  # last: maxima per voxel
         evidence = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
         if self.head_kind == "paper":
             return self.head(evidence)
@@ -217,7 +231,7 @@ class Projection25D(nn.Module):
 @register_model("projection25d")
 def projection25d(in_channels: int, out_channels: int, *, preset: str = "default", axes=None, directions=None,
                   train_directions=None, mode=None, features=None, lift=None, filter_init=None,
-                  filter_per_view=None, filter_size=None, head=None, head_channels=None, unet=None,
+                  filter_per_view=None, filter_size=None, head=None, head_channels=None, head_layers=None, unet=None,
                   aux_loss=None) -> Projection25D:
     """The random 2.5D U-Net; ``preset`` is ``"default"`` or ``"paper"`` (the seed's exact configuration).
 
@@ -228,7 +242,7 @@ def projection25d(in_channels: int, out_channels: int, *, preset: str = "default
     options = dict(PRESETS[preset])
     given = dict(axes=axes, directions=directions, train_directions=train_directions, mode=mode, features=features,
                  lift=lift, filter_init=filter_init, filter_per_view=filter_per_view, filter_size=filter_size,
-                 head=head, head_channels=head_channels, aux_loss=aux_loss)
+                 head=head, head_channels=head_channels, head_layers=head_layers, aux_loss=aux_loss)
     options.update({k: v for k, v in given.items() if v is not None})
     options["unet"] = {**options["unet"], **(unet or {})}
     return Projection25D(in_channels, out_channels, **options)

@@ -109,20 +109,15 @@ class _Distributed:
                     p.grad /= self.world
 
 
-def _lr_lambda(train_cfg: dict):
-    warmup, total, kind = int(train_cfg["warmup_steps"]), max(1, int(train_cfg["max_steps"])), train_cfg["scheduler"]
+def _lr_factor(kind: str, warmup: int, step: int, progress: float) -> float:
+    """Warm-up over ``warmup`` steps, then constant or cosine decay (to 2%) over the run's progress."""
     if kind not in ("cosine", "constant"):
         raise InputError("train.scheduler", f"must be 'cosine' or 'constant', got {kind!r}")
-
-    def factor(step: int) -> float:
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        if kind == "constant":
-            return 1.0
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return factor
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if kind == "constant":
+        return 1.0
+    return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 def _load_data(config: dict, main: bool):
@@ -170,10 +165,11 @@ class _Trainer:
         stack = (getattr(self.model, "slices", 1), getattr(self.model, "stride", 1), getattr(self.model, "edge", "clamp"))
         self.sampler = BatchSampler(self.train_cases, self.family, config, stack=stack)
         self.projection = isinstance(self.model, Projection25D)
+        self.step, self.best, self.elapsed, self.path2_started = 0, -1.0, 0.0, False
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=float(tc["lr"]),
                                            weight_decay=float(tc["weight_decay"]))
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(tc))
-        self.step, self.best, self.elapsed, self.path2_started = 0, -1.0, 0.0, False
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: _lr_factor(tc["scheduler"], int(tc["warmup_steps"]), step, self.progress()))
         self.rows: list[dict] = []
         self.feature_cache: dict[str, tuple] = {}
         if resume:
@@ -219,6 +215,15 @@ class _Trainer:
             save_checkpoint(self.out_dir / name, self._payload())
 
     # --- the schedule ---------------------------------------------------------------------------------------
+    def progress(self) -> float:
+        """Share of the run done: by steps, or by ``max_minutes`` when that limit comes first (the learning-rate
+        decay then follows the clock, so time-limited runs still anneal; only step-limited runs are exactly
+        reproducible)."""
+        tc = self.config["train"]
+        by_steps = self.step / max(1, int(tc["max_steps"]))
+        limit = float(tc["max_minutes"]) * 60
+        return max(by_steps, self.elapsed / limit) if limit else by_steps
+
     def _path(self) -> int:
         """1 or 2 for projection25d (seed 002's two paths), 0 for other models."""
         if not self.projection:

@@ -79,7 +79,9 @@ def test_preset_options_and_overrides():
     assert model.head_kind == "paper" and not model.aux_loss
     assert model.filtration.weight.shape == (2, 1, 7)  # one filter per view (2 views), one channel
     model = build("projection25d", 1, 1, unet={"depth": 2})  # unet options merge into the preset's
-    assert model.features == 4 and model.axes == (0, 1, 2) and model.n_views == 24
+    default = PRESETS["default"]
+    assert model.features == default["features"] and model.axes == tuple(default["axes"])
+    assert model.n_views == default["directions"] * len(default["axes"])
     assert sum(isinstance(m, torch.nn.MaxPool2d) for m in model.unet.modules()) <= 1
     assert build("projection25d", 1, 1, unet={"depth": 2}).config["options"] == {"unet": {"depth": 2}}
 
@@ -95,7 +97,7 @@ def test_preset_options_and_overrides():
     ({"lift": ()}, "lift"),
     ({"train_directions": 0}, "train_directions"),
     ({"train_directions": 7}, "train_directions"),  # 2 directions x 3 axes
-    ({"features": 1}, "features"),
+    ({"features": 1, "lift": ("mip",)}, "features"),  # 1 channel x 1 lift < 2 classes
     ({"head": "mlp"}, "head"),
     ({"head": "paper", "features": 4}, "paper head"),
     ({"head": "paper", "features": 2}, "paper head"),  # two lifts: 2 * 2 + 1 channels
