@@ -1,13 +1,88 @@
-"""`seg25d bench` (placeholder until its issue lands)."""
+"""``seg25d bench``: operators, models, side-by-side comparisons and scaling; tables plus JSON/CSV."""
 
-import sys
+from __future__ import annotations
+
+from pathlib import Path
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("bench", help="(not available yet)")
-    p.set_defaults(func=_unavailable)
+    parser = subparsers.add_parser("bench", help="benchmarks: operators, models, compare, scaling")
+    sub = parser.add_subparsers(dest="bench", metavar="BENCH")
+    sub.required = True
+
+    ops = sub.add_parser("operators", help="projectors against scipy/grid_sample baselines")
+    ops.add_argument("--size", type=int, default=128)
+    ops.add_argument("--directions", type=int, default=32)
+    ops.add_argument("--repeats", type=int, default=3)
+    ops.add_argument("--out", type=Path, help="JSON file for the results")
+    ops.set_defaults(func=_operators)
+
+    models = sub.add_parser("models", help="parameters and whole-volume forward time of every model")
+    models.add_argument("--shape", type=int, nargs=3, default=[64, 96, 96], metavar=("D", "H", "W"))
+    models.add_argument("--models", nargs="+", help="default: all registered")
+    models.add_argument("--out", type=Path, help="CSV file for the results")
+    models.set_defaults(func=_models)
+
+    compare = sub.add_parser("compare", help="train every model under the same time budget, then test")
+    compare.add_argument("--manifest", type=Path, required=True)
+    compare.add_argument("--budget-minutes", type=float, required=True)
+    compare.add_argument("--models", nargs="+", help="default: projection25d slicestack25d unet2d unet3d monai_unet")
+    compare.add_argument("--out", type=Path, required=True)
+    compare.add_argument("--seed", type=int, default=0)
+    compare.add_argument("--config", default="vessels", help="training preset or TOML (default: vessels)")
+    compare.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                         help="extra config override for every model")
+    compare.set_defaults(func=_compare)
+
+    scaling = sub.add_parser("scaling", help="step time and memory against cube size, a fresh process each")
+    scaling.add_argument("--sizes", type=int, nargs="+", default=[64, 96, 128, 192, 256])
+    scaling.add_argument("--models", nargs="+", help="default: projection25d unet3d monai_unet")
+    scaling.add_argument("--out", type=Path, required=True)
+    scaling.add_argument("--memory-limit-gb", type=float, help="stop a run above this resident memory "
+                                                                "(default: min(16, 75%% of RAM))")
+    scaling.add_argument("--repeats", type=int, default=2)
+    scaling.set_defaults(func=_scaling)
 
 
-def _unavailable(args) -> int:
-    print("seg25d bench: not available yet in this version", file=sys.stderr)
-    return 2
+def _operators(args) -> int:
+    from seg25d.pipeline.atomic import write_json
+    from seg25d.pipeline.bench.operators import bench_operators, format_operators
+
+    result = bench_operators(args.size, args.directions, args.repeats)
+    print(format_operators(result))
+    if args.out:
+        write_json(args.out, result)
+    return 0
+
+
+def _models(args) -> int:
+    import pandas as pd
+
+    from seg25d.pipeline.atomic import write_csv
+    from seg25d.pipeline.bench.models import bench_models
+
+    frame = pd.DataFrame(bench_models(tuple(args.shape), models=args.models))
+    print(frame.to_string(index=False))
+    if args.out:
+        write_csv(args.out, frame)
+    return 0
+
+
+def _compare(args) -> int:
+    from seg25d.pipeline.bench.compare import DEFAULT_MODELS, bench_compare
+
+    bench_compare(args.manifest, args.budget_minutes, args.out, args.models or DEFAULT_MODELS, args.seed,
+                  args.config, tuple(args.overrides))
+    print((args.out / "compare.md").read_text())
+    return 0
+
+
+def _scaling(args) -> int:
+    from seg25d.pipeline.bench.scaling import bench_scaling
+
+    frame = bench_scaling(args.sizes, args.out, args.models, args.memory_limit_gb, repeats=args.repeats)
+    cols = [c for c in ("model", "size", "status", "step_seconds", "step_peak_extra_mb", "infer_seconds",
+                        "infer_peak_extra_mb") if c in frame]
+    print(frame[cols].to_string(index=False))
+    print(f"figure: {args.out / 'scaling.png'}")
+    return 0

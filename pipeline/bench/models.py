@@ -1,0 +1,41 @@
+"""``seg25d bench models``: parameter count and whole-volume forward time of every registered model."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+__all__ = ["bench_models", "BENCH_OPTIONS"]
+
+# Each model's own defaults, and MONAI's UNet at the widths of the plain comparison (16-32-64-128).
+BENCH_OPTIONS: dict[str, dict] = {"monai_unet": {"channels": [16, 32, 64, 128], "strides": [2, 2, 2]}}
+
+
+def bench_models(shape=(64, 96, 96), repeats: int = 3, models=None) -> list[dict]:
+    """Per model: parameters and median seconds of a whole-volume forward (eval, no gradients) at ``shape``.
+
+    2D models run slice by slice, ``slicestack25d`` on slice stacks, ``projection25d`` on all its views.
+    """
+    from seg25d.models import build, list_models
+    from seg25d.pipeline.volume_inference import predict_logits
+
+    rows = []
+    x = torch.randn(1, 1, *shape)
+    for name in models or list_models():
+        try:
+            model = build(name, 1, 1, **BENCH_OPTIONS.get(name, {})).eval()
+        except ValueError as err:  # e.g. monai missing
+            rows.append({"model": name, "error": str(err)})
+            continue
+        predict_logits(model, x)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            predict_logits(model, x)
+            times.append(time.perf_counter() - start)
+        rows.append({"model": name, "parameters": sum(p.numel() for p in model.parameters()),
+                     "forward_seconds": statistics.median(times), "shape": "x".join(map(str, shape)),
+                     "options": BENCH_OPTIONS.get(name, {})})
+    return rows

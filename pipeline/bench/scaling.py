@@ -1,0 +1,117 @@
+"""``seg25d bench scaling``: training-step time and peak extra memory against cube size, a fresh process each.
+
+Each (model, size) runs :mod:`seg25d.pipeline.bench.step` in its own process, watched: when its resident
+memory passes the limit it is stopped and the row says so ("exceeds the memory limit") instead of failing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from seg25d.pipeline.atomic import atomic_path, write_csv, write_json
+
+__all__ = ["bench_scaling", "SCALING_MODELS", "physical_memory_gb"]
+
+# MONAI's UNet as the issue specifies it: channels 16-32-64-128-256, strides 2, two residual units.
+SCALING_MODELS = {
+    "projection25d": {},
+    "unet3d": {},
+    "monai_unet": {"channels": [16, 32, 64, 128, 256], "strides": [2, 2, 2, 2], "num_res_units": 2},
+}
+
+
+def physical_memory_gb() -> float:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+
+
+def _rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def _run(model: str, size: int, options: dict, limit_mb: float, timeout: float, repeats: int) -> dict:
+    cmd = [sys.executable, "-m", "seg25d.pipeline.bench.step", "--model", model, "--size", str(size),
+           "--options", json.dumps(options), "--repeats", str(repeats)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    start, peak = time.time(), 0.0
+    while proc.poll() is None:
+        peak = max(peak, _rss_mb(proc.pid))
+        if peak > limit_mb:
+            proc.kill()
+            proc.wait()
+            return {"model": model, "size": size, "status": f"exceeds the memory limit ({limit_mb / 1024:.0f} GiB)"}
+        if time.time() - start > timeout:
+            proc.kill()
+            proc.wait()
+            return {"model": model, "size": size, "status": f"slower than the {timeout:.0f} s limit"}
+        time.sleep(0.1)
+    out, err = proc.communicate()
+    if proc.returncode != 0:
+        last = (err.strip().splitlines() or ["?"])[-1]
+        status = "out of memory" if "memory" in last.lower() else f"failed: {last}"
+        return {"model": model, "size": size, "status": status}
+    return {**json.loads(out.strip().splitlines()[-1]), "status": "ok", "process_peak_rss_mb": peak}
+
+
+def bench_scaling(sizes=(64, 96, 128, 192, 256), out_dir="bench_scaling", models=None, memory_limit_gb=None,
+                  timeout: float = 1800, repeats: int = 2) -> pd.DataFrame:
+    """Measure every model at every size; writes scaling.csv, scaling.json and scaling.png in ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    limit_gb = memory_limit_gb or min(16.0, 0.75 * physical_memory_gb())
+    rows = []
+    for model in models or SCALING_MODELS:
+        for size in sizes:
+            print(f"[scaling] {model} at {size}^3", flush=True)
+            row = _run(model, size, SCALING_MODELS.get(model, {}), limit_gb * 1024, timeout, repeats)
+            print(f"[scaling]   {row.get('status')}: step {row.get('step_seconds', float('nan')):.3f} s, "
+                  f"{row.get('step_peak_extra_mb', float('nan')):.0f} MiB", flush=True)
+            rows.append(row)
+            frame = pd.DataFrame(rows)
+            write_csv(out_dir / "scaling.csv", frame)
+            write_json(out_dir / "scaling.json", {"memory_limit_gb": limit_gb, "rows": rows})
+    frame = pd.DataFrame(rows)
+    scaling_figure(frame, out_dir / "scaling.png")
+    return frame
+
+
+def scaling_figure(frame: pd.DataFrame, path) -> None:
+    """Log-log step time and peak extra memory against size, with N^2 and N^3 reference slopes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = frame[frame.status == "ok"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, column, label in ((axes[0], "step_seconds", "training step (s)"),
+                              (axes[1], "step_peak_extra_mb", "peak extra memory of a step (MiB)")):
+        for model, group in ok.groupby("model"):
+            ax.loglog(group["size"], group[column], marker="o", label=model)
+        if len(ok):
+            n = np.array(sorted(ok["size"].unique()), dtype=float)
+            ref = ok[column].median()
+            for power, style in ((2, ":"), (3, "--")):
+                ax.loglog(n, ref * (n / n[len(n) // 2]) ** power, "k" + style, lw=0.8, label=f"~N^{power}")
+        failed = frame[frame.status != "ok"]
+        for _, r in failed.iterrows():
+            ax.annotate(f"{r['model']}: {r['status']}", (r["size"], ax.get_ylim()[1]), fontsize=7, rotation=90,
+                        va="top")
+        ax.set_xlabel("cube size N (voxels per side)"), ax.set_ylabel(label), ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
