@@ -6,10 +6,14 @@ put back at the depth its ray's maximum came from. The head is the seed's fine-t
 (average pooling, learnable affine normalisation, sigmoid in the loss) or a light full-resolution head
 that also sees the input volume.
 
+With ``scale=2`` all of this runs on a half-resolution grid (the input average- and max-pooled by 2), and
+a full-resolution refinement sees the upsampled logits together with the input: the 3D work and memory
+drop about eightfold and the 2D work fourfold (like a 3D U-Net whose first layer strides).
+
 Training follows seed 002's two paths: path 1 draws ``train_directions`` of the views at random each
-forward and trains everything end to end; path 2 runs all views through a frozen U-Net (see
-:meth:`Projection25D.freeze_unet`, :meth:`segment_views`, :meth:`lift`, whose outputs a trainer may cache per
-volume) and trains only F and the head.
+forward and trains everything end to end; path 2 runs all views through a frozen U-Net
+(:meth:`Projection25D.freeze_unet`; :meth:`encode` gives the U-Net outputs, which a trainer may cache per
+volume, and :meth:`decode` the logits) and trains only F, the head and the refinement.
 """
 
 from __future__ import annotations
@@ -22,22 +26,27 @@ from torch.utils.checkpoint import checkpoint
 
 from seg25d.models.registry import register_model
 from seg25d.models.unet import UNet
-from seg25d.projections import MaxIntensityProjection, RayBackprojection, RayTransform, multi_axis_geometry
+from seg25d.projections import (
+    MaxIntensityProjection, RayBackprojection, RayTransform, multi_axis_geometry, resample_views,
+)
 from seg25d.reconstruction import Filtration, FineTuning
 
-__all__ = ["Projection25D", "VolumeHead", "PRESETS"]
+__all__ = ["Projection25D", "VolumeHead", "Refinement", "PRESETS", "resolve_scale", "AUTO_SCALE_VOXELS"]
+
+#: ``scale="auto"`` works on the input grid up to this many voxels and at half resolution above
+AUTO_SCALE_VOXELS = 1_500_000
 
 PRESETS: dict[str, dict] = {
     # The seed's configuration: one rotation axis, MIP, one channel per class, F (ramp) + backprojection, T.
     "paper": dict(axes=(0,), directions=32, train_directions=8, mode="mip", features=None, lift=("backproject",),
                   filter_init="ramp", filter_per_view=True, filter_size=63, head="paper", head_channels=8,
-                  head_layers=1, unet={"depth": 4, "base_channels": 16}, aux_loss=False),
+                  head_layers=1, unet={"depth": 4, "base_channels": 16}, aux_loss=False, scale=1),
     # Three rotation axes, several feature channels lifted by backprojection and by MIP lifting, a head that
     # sees the input volume, and a 2D auxiliary loss on the views (see docs/benchmarks.md for each step's effect).
     "default": dict(axes=(0, 1, 2), directions=8, train_directions=6, mode="mip", features=2,
                     lift=("backproject", "mip"), filter_init="identity", filter_per_view=False, filter_size=63,
                     head="volume", head_channels=8, head_layers=1, unet={"depth": 4, "base_channels": 16},
-                    aux_loss=True),
+                    aux_loss=True, scale=1),
 }
 LIFTS = ("backproject", "mip")
 
@@ -68,6 +77,54 @@ class VolumeHead(nn.Module):
         return self._run(x)
 
 
+def resolve_scale(scale, shape) -> int:
+    """A concrete scale for volumes of ``shape``: ``"auto"`` is 1 up to :data:`AUTO_SCALE_VOXELS` voxels
+    (accuracy on small volumes: full-resolution lifting and head measured clearly better at 64x96x96) and
+    2 above (time and memory: the 3D work drops eightfold; see docs/benchmarks.md)."""
+    if scale != "auto":
+        return int(scale)
+    voxels = 1
+    for n in shape:
+        voxels *= int(n)
+    return 1 if voxels <= AUTO_SCALE_VOXELS else 2
+
+
+def _pad_even(x: torch.Tensor) -> torch.Tensor:
+    """Pad the spatial sizes of ``(B, C, D, H, W)`` to even numbers by repeating the last voxel."""
+    pad = [p for n in reversed(x.shape[2:]) for p in (0, n % 2)]
+    return nn.functional.pad(x, pad, mode="replicate") if any(pad) else x
+
+
+class Refinement(nn.Module):
+    """Full-resolution refinement at ``scale=2``: upsample the half-resolution logits (trilinear) and add a
+    learned per-voxel combination of the input, its local contrast (``x`` minus its 3x3x3 mean) and the
+    views' features MIP-lifted onto the full grid, which puts thin bright structures back where the coarse
+    logits only know "near here".
+
+    One linear 1x1x1 layer, started at zero: training starts from the plain upsampled logits, and the
+    full-resolution memory stays at a few single-channel volumes (a hidden layer of even 8 channels at 128^3
+    measured several times the time and memory of the whole half-resolution network).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, fine_channels: int = 0):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(out_channels, 2 * in_channels + fine_channels))
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+
+    def forward(self, logits: torch.Tensor, x: torch.Tensor, fine: torch.Tensor | None = None) -> torch.Tensor:
+        """``fine``: the views' features MIP-lifted onto the full-resolution grid (exact depth of each maximum)."""
+        up = nn.functional.interpolate(logits, scale_factor=2, mode="trilinear", align_corners=False)
+        up = up[(slice(None), slice(None), *(slice(0, n) for n in x.shape[2:]))]
+        detail = x - nn.functional.avg_pool3d(x, 3, stride=1, padding=1, count_include_pad=False)
+        features = [x, detail] + ([fine] if fine is not None else [])
+        # the 1x1x1 layer written out: a Conv3d with so few channels pads them to 16 in oneDNN's blocked
+        # layout, which measured 270 MB and 0.15 s at 128^3 for what is a few multiply-adds per voxel
+        out = up + self.bias.view(1, -1, 1, 1, 1)
+        for c, feature in enumerate(torch.cat(features, dim=1).unbind(1)):
+            out = out + self.weight[:, c].view(1, -1, 1, 1, 1) * feature.unsqueeze(1)
+        return out
+
+
 class Projection25D(nn.Module):
     """The random 2.5D U-Net; input ``(B, C, D, H, W)``, output logits ``(B, K, D, H, W)``.
 
@@ -85,13 +142,16 @@ class Projection25D(nn.Module):
         head_channels, head_layers: width and number of 3x3x3 convolutions of the volume head.
         unet: options of the shared 2D :class:`~seg25d.models.unet.UNet`.
         aux_loss: whether training adds a 2D loss of the views' logits against the projected labels.
+        scale: 1 works on the input grid; 2 on a half-resolution grid (the input average- and max-pooled),
+            followed by :class:`Refinement` at full resolution. ``"auto"`` must be resolved from the
+            training volumes' size with :func:`resolve_scale` before building (the trainer does).
     """
 
     def __init__(self, in_channels: int, out_channels: int, *, axes=(0, 1, 2), directions: int = 8,
-                 train_directions: int = 6, mode: str = "mip", features: int | None = 4, lift=("backproject", "mip"),
+                 train_directions: int = 6, mode: str = "mip", features: int | None = 2, lift=("backproject", "mip"),
                  filter_init: str = "identity", filter_per_view: bool = False, filter_size: int = 63,
                  head: str = "volume", head_channels: int = 8, head_layers: int = 1, unet: dict | None = None,
-                 aux_loss: bool = True):
+                 aux_loss: bool = True, scale: int = 1):
         super().__init__()
         axes = tuple(int(a) for a in axes)
         lift = tuple(lift)
@@ -109,10 +169,16 @@ class Projection25D(nn.Module):
                              "the first out_channels view channels are the views' 2D logits")
         if head not in ("paper", "volume"):
             raise ValueError(f"head must be 'paper' or 'volume', got {head!r}")
+        if scale == "auto":
+            raise ValueError("scale='auto' is resolved from the volume size before building: "
+                             "scale=seg25d.models.projection25d.resolve_scale('auto', shape)")
+        if scale not in (1, 2):
+            raise ValueError(f"scale must be 1, 2 or 'auto', got {scale!r}")
         self.axes, self.directions, self.train_directions = axes, directions, train_directions
         self.mode, self.features, self.lift_kinds, self.aux_loss = mode, features, lift, aux_loss
-        self.out_channels = out_channels
-        self.unet = UNet(2, in_channels, features * len(lift), **(unet or {}))
+        self.out_channels, self.scale = out_channels, scale
+        core_channels = in_channels * (2 if scale == 2 else 1)  # average- and max-pooled at scale 2
+        self.unet = UNet(2, core_channels, features * len(lift), **(unet or {}))
         n_views = directions * len(axes)
         self.filtration = Filtration(kernel_size=filter_size, views=n_views if filter_per_view else 1,
                                      channels=features, init=filter_init) if "backproject" in lift else None
@@ -123,8 +189,10 @@ class Projection25D(nn.Module):
                                  "one lift")
             self.head = FineTuning(out_channels)
         else:
-            self.head = VolumeHead(in_channels + evidence, out_channels, head_channels, head_layers)
+            self.head = VolumeHead(core_channels + evidence, out_channels, head_channels, head_layers)
         self.head_kind = head
+        fine = features + 1 if "mip" in lift else 0
+        self.refinement = Refinement(in_channels, out_channels, fine) if scale == 2 else None
         self.unet_frozen = False
         self._geometries: dict[tuple, object] = {}
 
@@ -154,42 +222,71 @@ class Projection25D(nn.Module):
         return torch.arange(self.n_views)
 
     # --- the two halves -------------------------------------------------------------------------------------
-    def segment_views(self, x: torch.Tensor, views: torch.Tensor):
-        """Project ``x`` onto ``views`` and run the 2D U-Net: ``(features (B, F, m, V, U), mip_argmax)``."""
-        geometry = self.geometry(x.shape[2:])[views.cpu().numpy()]
+    def core_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The grid the projections and the lifting work on: ``x``, or at ``scale=2`` its 2x average and max
+        pools (sizes padded to even by repeating the last voxel)."""
+        if self.scale == 1:
+            return x
+        xp = _pad_even(x)
+        return torch.cat([nn.functional.avg_pool3d(xp, 2), nn.functional.max_pool3d(xp, 2)], dim=1)
+
+    @property
+    def fine_lifting(self) -> bool:
+        """At ``scale=2`` with MIP lifting, the views' features are also lifted onto the full-resolution grid."""
+        return self.scale == 2 and "mip" in self.lift_kinds
+
+    def encode(self, x: torch.Tensor, views: torch.Tensor) -> tuple:
+        """Project onto ``views`` and run the 2D U-Net: ``(features (B, F, m, V, U), mip_argmax, views)``."""
+        core = self.core_input(x)
+        geometry = self.geometry(core.shape[2:])[views.cpu().numpy()]
         argmax = None
         mip = MaxIntensityProjection(geometry)
         if self.mode == "mip":
-            if "mip" in self.lift_kinds and x.shape[1] == 1:
-                images, argmax = mip.with_argmax(x)
+            if "mip" in self.lift_kinds and core.shape[1] == 1:
+                images, argmax = mip.with_argmax(core)
             else:
-                images = mip(x)
+                images = mip(core)
         else:
-            images = RayTransform(geometry)(x) / math.sqrt(sum(s * s for s in x.shape[2:]))
+            images = RayTransform(geometry)(core) / math.sqrt(sum(s * s for s in core.shape[2:]))
         if "mip" in self.lift_kinds and argmax is None:
             # MIP lifting needs one maximum per ray: that of the channel mean for multi-channel input
-            _, argmax = mip.with_argmax(x if x.shape[1] == 1 else x.mean(dim=1, keepdim=True))
+            _, argmax = mip.with_argmax(core.mean(dim=1, keepdim=True))
+        fine_argmax = None
+        if self.fine_lifting:
+            xp = _pad_even(x)
+            fine = self.geometry(xp.shape[2:])[views.cpu().numpy()]
+            _, fine_argmax = MaxIntensityProjection(fine).with_argmax(xp.mean(dim=1, keepdim=True))
         b, c, m, v, u = images.shape
         out = self.unet(images.transpose(1, 2).reshape(b * m, c, v, u))
-        return out.view(b, m, out.shape[1], v, u).transpose(1, 2), argmax
+        return out.view(b, m, out.shape[1], v, u).transpose(1, 2), argmax, views, fine_argmax
 
-    def lift(self, x: torch.Tensor, features: torch.Tensor, argmax, views: torch.Tensor) -> torch.Tensor:
-        """Lift view features back to the volume and apply the head: logits ``(B, K, D, H, W)``."""
-        geometry = self.geometry(x.shape[2:])[views.cpu().numpy()]
+    def decode(self, x: torch.Tensor, encoded: tuple) -> torch.Tensor:
+        """Lift the views' features back to the volume, apply the head (and refinement): logits ``(B, K, D, H, W)``."""
+        features, argmax, views, fine_argmax = encoded
+        core = self.core_input(x)
+        geometry = self.geometry(core.shape[2:])[views.cpu().numpy()]
         m = len(views)
         parts = []
         groups = dict(zip(self.lift_kinds, features.split(self.features, dim=1)))
         if "backproject" in groups:
             view_index = views.to(features.device) if self.filtration.weight.shape[0] > 1 else None
-            parts.append(RayBackprojection(geometry)(self.filtration(groups["backproject"], view_index)) / m)
+            parts.append(RayBackprojection(geometry)(self.filtration(groups["backproject"] / m, view_index)))
         if "mip" in groups:
             mip = MaxIntensityProjection(geometry)
             ones = torch.ones_like(groups["mip"][:, :1])
-            parts.append(mip.lift(torch.cat([groups["mip"], ones], dim=1), argmax) / m)  # last: maxima per voxel
+            parts.append(mip.lift(torch.cat([groups["mip"], ones], dim=1) / m, argmax))  # last: maxima per voxel
         evidence = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
-        if self.head_kind == "paper":
-            return self.head(evidence)
-        return self.head(torch.cat([x, evidence], dim=1))
+        logits = self.head(evidence) if self.head_kind == "paper" else self.head(torch.cat([core, evidence], dim=1))
+        if self.refinement is not None:
+            fine_evidence = None
+            if self.fine_lifting:
+                xp = _pad_even(x)
+                fine = self.geometry(xp.shape[2:])[views.cpu().numpy()]
+                lifted = resample_views(torch.cat([groups["mip"], ones], dim=1) / m, geometry, fine, 2.0)
+                fine_evidence = MaxIntensityProjection(fine).lift(lifted, fine_argmax)
+                fine_evidence = fine_evidence[(slice(None), slice(None), *(slice(0, n) for n in x.shape[2:]))]
+            logits = self.refinement(logits, x, fine_evidence)
+        return logits
 
     def forward(self, x: torch.Tensor, views: torch.Tensor | None = None, return_views: bool = False):
         """Path 1 in training mode (random ``train_directions`` views), all views in eval mode.
@@ -198,10 +295,10 @@ class Projection25D(nn.Module):
         """
         if views is None:
             views = self.draw_views() if self.training and not self.unet_frozen else self.all_views()
-        features, argmax = self.segment_views(x, views)
-        logits = self.lift(x, features, argmax, views)
+        encoded = self.encode(x, views)
+        logits = self.decode(x, encoded)
         if return_views:
-            return logits, (features[:, : self.out_channels], views)
+            return logits, (encoded[0][:, : self.out_channels], views)
         return logits
 
     # --- path 2 ---------------------------------------------------------------------------------------------
@@ -220,11 +317,14 @@ class Projection25D(nn.Module):
         return self
 
     def project_labels(self, labels: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
-        """2D targets for the auxiliary loss: the MIP of the (one-hot or multi-label) label volume, binarised:
-        a ray counts as foreground where its interpolated maximum reaches 0.5 (it passes within about half a
-        voxel of the structure)."""
+        """2D targets for the auxiliary loss: the MIP of the (one-hot or multi-label) label volume on the core
+        grid (max-pooled at ``scale=2``), binarised: a ray counts as foreground where its interpolated maximum
+        reaches 0.5 (it passes within about half a voxel of the structure)."""
+        labels = labels.float()
+        if self.scale == 2:
+            labels = self.core_input(labels)[:, labels.shape[1]:]  # the max-pooled half
         geometry = self.geometry(labels.shape[2:])[views.cpu().numpy()]
-        projected = MaxIntensityProjection(geometry)(labels.float())
+        projected = MaxIntensityProjection(geometry)(labels)
         return (projected >= 0.5).to(projected.dtype)
 
 
@@ -232,7 +332,7 @@ class Projection25D(nn.Module):
 def projection25d(in_channels: int, out_channels: int, *, preset: str = "default", axes=None, directions=None,
                   train_directions=None, mode=None, features=None, lift=None, filter_init=None,
                   filter_per_view=None, filter_size=None, head=None, head_channels=None, head_layers=None, unet=None,
-                  aux_loss=None) -> Projection25D:
+                  aux_loss=None, scale=None) -> Projection25D:
     """The random 2.5D U-Net; ``preset`` is ``"default"`` or ``"paper"`` (the seed's exact configuration).
 
     Options left as None take the preset's value; ``unet`` options are merged into the preset's.
@@ -242,7 +342,9 @@ def projection25d(in_channels: int, out_channels: int, *, preset: str = "default
     options = dict(PRESETS[preset])
     given = dict(axes=axes, directions=directions, train_directions=train_directions, mode=mode, features=features,
                  lift=lift, filter_init=filter_init, filter_per_view=filter_per_view, filter_size=filter_size,
-                 head=head, head_channels=head_channels, head_layers=head_layers, aux_loss=aux_loss)
+                 head=head, head_channels=head_channels, head_layers=head_layers, aux_loss=aux_loss, scale=scale)
     options.update({k: v for k, v in given.items() if v is not None})
     options["unet"] = {**options["unet"], **(unet or {})}
-    return Projection25D(in_channels, out_channels, **options)
+    model = Projection25D(in_channels, out_channels, **options)
+    model.resolved_options = {"preset": preset, **options}
+    return model

@@ -47,8 +47,8 @@ def model_options(name: str) -> dict[str, object]:
 def build(name: str, in_channels: int, out_channels: int, **options) -> nn.Module:
     """Build a registered network; unknown names or options raise ValueError listing what exists.
 
-    The module remembers its construction in ``model.config`` (name, channels, options), so a checkpoint
-    can rebuild it without code changes.
+    The module remembers its construction in ``model.config`` (name, channels and every option resolved,
+    defaults and presets included), so a checkpoint rebuilds the same network even if defaults change.
 
     Example:
         >>> net = build("unet2d", 1, 2, depth=3, base_channels=8)
@@ -62,5 +62,6 @@ def build(name: str, in_channels: int, out_channels: int, **options) -> nn.Modul
         raise ValueError(f"unknown option(s) {', '.join(unknown)} for model {name!r}; "
                          f"valid: {', '.join(f'{k}={v!r}' for k, v in valid.items())}")
     model = factory(in_channels, out_channels, **options)
-    model.config = {"name": name, "in_channels": in_channels, "out_channels": out_channels, "options": dict(options)}
+    resolved = getattr(model, "resolved_options", None) or {**valid, **options}
+    model.config = {"name": name, "in_channels": in_channels, "out_channels": out_channels, "options": resolved}
     return model

@@ -31,7 +31,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "spacing": [],              # target voxel size (mm, D H W) to resample to; [] keeps each volume's own
         "normalize": "case_zscore",  # case_zscore | zscore | percentile | none
         "percentiles": [0.5, 99.5],  # clipping bounds for normalize = "percentile"
-        "patch_size": [],           # 3D patch (D H W) for volume models; [] trains on whole volumes
+        "patch_size": [],           # 3D patch (D H W) for the 3D CNNs (unet3d, monai_unet); [] = whole volumes
         "foreground_fraction": 0.33,  # share of patches / slices drawn to contain foreground
         "val_fraction": 0.0,        # when the manifest has no val split: share of train cases held out (by group)
         "folds": 0,                 # cross-validation folds (GroupKFold by group); 0: use the manifest's splits
@@ -133,7 +133,11 @@ def apply_override(config: dict, text: str) -> dict:
 
 
 def load_config(name_or_file: str | os.PathLike | None = None, overrides: list[str] | tuple = ()) -> dict:
-    """Resolve a configuration from a preset name or TOML file plus ``key=value`` overrides."""
+    """Resolve a configuration from a preset name or TOML file plus ``key=value`` overrides.
+
+    A relative ``data.manifest`` in a TOML file is relative to that file's folder. Overriding ``model.name``
+    without touching ``model.options`` drops the options that were meant for the other model.
+    """
     config = copy.deepcopy(DEFAULTS)
     if name_or_file:
         path = Path(name_or_file)
@@ -147,6 +151,13 @@ def load_config(name_or_file: str | os.PathLike | None = None, overrides: list[s
             raise InputError(None, f"unknown config {str(name_or_file)!r}: not a file and not a preset "
                                    f"({', '.join(list_presets())})")
         _merge(config, _read_toml(source), str(source))
+        manifest = config["data"]["manifest"]
+        if manifest and source.parent != PRESET_DIR and not Path(manifest).is_absolute():
+            config["data"]["manifest"] = str((source.parent / manifest).resolve())
+    name = config["model"]["name"]
+    keys = [parse_override(text)[0] for text in overrides]
     for text in overrides:
         apply_override(config, text)
+    if config["model"]["name"] != name and not any(k[:2] == ["model", "options"] for k in keys):
+        config["model"]["options"] = {}
     return config

@@ -59,9 +59,12 @@ class Case:
 
 
 def model_family(name: str) -> str:
-    """How the data pipeline feeds a model: ``volume`` (3D input), ``slices`` (2D) or ``stacks`` (slice stacks)."""
-    if name in ("projection25d", "unet3d", "monai_unet"):
+    """How the data pipeline feeds a model: ``volume`` (whole volumes: projection25d), ``patches`` (3D CNNs:
+    whole volumes, or random 3D patches when ``data.patch_size`` is set), ``slices`` (2D) or ``stacks``."""
+    if name == "projection25d":
         return "volume"
+    if name in ("unet3d", "monai_unet"):
+        return "patches"
     if name == "slicestack25d":
         return "stacks"
     return "slices"
@@ -146,7 +149,8 @@ def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
 class BatchSampler:
     """Draws a training batch per step for a model family, with augmentation.
 
-    - ``volume``: ``batch_size`` whole volumes (or random 3D patches of ``patch_size``), padded to a common shape.
+    - ``volume``/``patches``: ``batch_size`` whole volumes (``patches``: random 3D patches of ``patch_size`` when it
+      is set), padded to a common shape.
     - ``slices``/``stacks``: ``slices_per_step`` slices along D (with ``slices``/``stride`` neighbours as
       channels for stacks), a ``foreground_fraction`` of them from slices holding foreground.
 
@@ -157,12 +161,12 @@ class BatchSampler:
         self.cases, self.family = cases, family
         self.data, self.augment, self.train = config["data"], config["augment"], config["train"]
         self.stack = stack
-        if family != "volume":
+        if family in ("slices", "stacks"):
             self.slices = [(i, d) for i, c in enumerate(cases) for d in range(c.image.shape[1])]
             self.fg_slices = [(i, d) for i, c in enumerate(cases) for d in np.flatnonzero(c.masks.any(axis=(0, 2, 3)))]
 
     def batch(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.family == "volume":
+        if self.family in ("volume", "patches"):
             items = [self._volume_item(generator) for _ in range(int(self.train["batch_size"]))]
         else:
             items = [self._slice_item(generator) for _ in range(int(self.train["slices_per_step"]))]
@@ -175,7 +179,7 @@ class BatchSampler:
     def _volume_item(self, generator):
         case = self.cases[self._randint(len(self.cases), generator)]
         x, y = torch.from_numpy(case.image), torch.from_numpy(case.masks).float()
-        patch = self.data.get("patch_size") or []
+        patch = (self.data.get("patch_size") or []) if self.family == "patches" else []
         if patch:
             x, y = self._crop(x, y, [min(p, s) for p, s in zip(patch, x.shape[1:])], generator)
         return x, y

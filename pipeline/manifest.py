@@ -239,3 +239,37 @@ def check_manifest(path: str | os.PathLike, spec: LabelSpec | None = None) -> tu
             present = [c for c, m in zip(spec.classes, spec.masks(values)) if m.any()]
             table.loc[i, "classes"] = (",".join(present) if len(present) <= 4 else f"{len(present)} classes") or "-"
     return table, problems
+
+
+def assign_splits(manifest: str | os.PathLike, out: str | os.PathLike, val: float = 0.15, test: float = 0.25,
+                  seed: int = 0) -> pd.DataFrame:
+    """Write a copy of a manifest with train/val/test splits drawn by group (a group never straddles splits).
+
+    Groups are shuffled with ``seed``; the first ``test`` share of the cases goes to test, the next ``val``
+    share to val (at least one group each when the share is positive), the rest to train. The class
+    sidecar is copied along. Returns the new table.
+    """
+    manifest, out = Path(manifest), Path(out)
+    frame = read_manifest(manifest)
+    groups = frame.group.drop_duplicates().sample(frac=1.0, random_state=seed).tolist()
+    if len(groups) < 1 + (val > 0) + (test > 0):
+        raise InputError(manifest, f"{len(groups)} group(s) cannot fill the requested splits")
+    sizes = frame.group.value_counts()
+    split, seen = {}, 0
+    for group in groups:
+        share = seen / len(frame)
+        if share < test or (test > 0 and "test" not in split.values()):
+            split[group] = "test"
+        elif share < test + val or (val > 0 and "val" not in split.values()):
+            split[group] = "val"
+        else:
+            split[group] = "train"
+        seen += int(sizes[group])
+    if "train" not in split.values():
+        raise InputError(manifest, "no group left for training; lower --val/--test")
+    frame = frame.assign(split=frame.group.map(split))
+    write_manifest(out, frame)
+    spec = read_label_spec(manifest)
+    if spec is not None:
+        write_label_spec(out, spec)
+    return frame

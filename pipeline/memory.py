@@ -3,13 +3,22 @@
 ``with PeakMemory() as m: ...`` resets the process's high-water mark, remembers the resident set size
 at entry, and after the block ``m.extra_mb`` is the peak resident memory above that baseline: the extra
 memory the block needed, including memory it freed again. Elsewhere (no ``/proc``) ``extra_mb`` is None.
+
+Caveat: glibc keeps freed memory for reuse (its mmap threshold grows after large frees), so a block that
+reuses memory freed by an earlier one shows little growth. Benchmarks that report peak memory therefore
+run in a fresh process with ``MALLOC_MMAP_THRESHOLD_`` fixed (:data:`MEASURE_ENV`): every large tensor is
+then mapped on allocation and returned on release, and the resident set follows the live tensors. That
+costs time (page faults), so time is measured in a separate process without it.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["PeakMemory", "resident_mb"]
+__all__ = ["PeakMemory", "resident_mb", "MEASURE_ENV"]
+
+#: environment for a process whose resident memory should track its live tensors (see the module docstring)
+MEASURE_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
 
 _STATUS = Path("/proc/self/status")
 _CLEAR = Path("/proc/self/clear_refs")

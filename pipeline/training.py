@@ -3,7 +3,7 @@
 ``train(config, out_dir)`` writes into ``out_dir``: ``config.json`` (resolved), ``last.pt`` (every
 ``train.checkpoint_every`` steps and at the end), ``best.pt`` (best mean validation Dice), ``metrics.csv``
 (one row per step: path, losses, learning rate, the step's seconds and peak extra resident memory, total
-time; validation Dice per class on validation steps) and ``curves.png``. ``train(..., resume=True)`` continues from ``last.pt``.
+time; validation Dice per class on validation steps), ``curves.png`` and ``run.json`` (the command line). ``train(..., resume=True)`` continues from ``last.pt``.
 
 Reproducibility: each step's batch, augmentation and random views come from generators seeded by
 ``(seed, step, rank)``, and the optimiser and scheduler states are checkpointed, so a run killed at any point
@@ -11,7 +11,7 @@ and resumed ends with the weights of an uninterrupted run (CPU, same thread coun
 limit stops early and is not reproducible by nature; ``max_steps`` is.
 
 Data parallel: under ``torchrun --nproc_per_node=N`` each rank draws its own batch (rank in the seed),
-gradients are averaged with DistributedDataParallel (gloo on CPU, NCCL on GPU), and only rank 0 writes.
+gradients are averaged with DistributedDataParallel (gloo: training runs on the CPU), and only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from torch import nn
 from tqdm import tqdm
 
 from seg25d.models import build
-from seg25d.models.projection25d import Projection25D
+from seg25d.models.projection25d import Projection25D, resolve_scale
 from seg25d.pipeline.atomic import write_csv, write_json
 from seg25d.pipeline.cli import command_line
 from seg25d.pipeline.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -82,8 +82,7 @@ class _Distributed:
         self.rank = int(os.environ.get("RANK", "0"))
         self.enabled = self.world > 1
         if self.enabled and not torch.distributed.is_initialized():
-            backend = "nccl" if torch.cuda.is_available() else "gloo"
-            torch.distributed.init_process_group(backend)
+            torch.distributed.init_process_group("gloo")  # training runs on the CPU
 
     @property
     def main(self) -> bool:
@@ -156,11 +155,24 @@ class _Trainer:
             self.val_cases = self.val_cases[: int(tc["val_max_cases"])]
         mc = config["model"]
         in_channels = self.train_cases[0].image.shape[0]
+        options = dict(mc["options"])
+        if options.get("scale") == "auto":  # projection25d: the working grid decides (largest training volume)
+            largest = max(self.train_cases, key=lambda c: c.image[0].size).image.shape[1:]
+            options["scale"] = resolve_scale("auto", largest)
         try:
-            self.model = build(mc["name"], in_channels, self.task.out_channels, **mc["options"])
+            self.model = build(mc["name"], in_channels, self.task.out_channels, **options)
         except ValueError as err:
             raise InputError("model", str(err)) from None
         self.family = model_family(mc["name"])
+        if getattr(self.model, "padding", "same") == "valid":
+            raise InputError("model.options.padding", "valid convolutions give outputs smaller than the labels; "
+                                                      "train with padding='same' (valid nets are for overlap-tile "
+                                                      "inference)")
+        lc = config["loss"]
+        if self.task.sigmoid and lc["kind"] == "ce_dice" or not self.task.sigmoid and lc["kind"] == "bce_dice":
+            need = "bce_dice or dice" if self.task.sigmoid else "ce_dice or dice"
+            raise InputError("loss.kind", f"{lc['kind']} does not fit {'multi-label/binary sigmoid' if self.task.sigmoid else 'exclusive softmax'} "
+                                          f"outputs of classes {', '.join(self.task.classes)}; use {need}")
         opts = self.model.config["options"]
         stack = (getattr(self.model, "slices", 1), getattr(self.model, "stride", 1), getattr(self.model, "edge", "clamp"))
         self.sampler = BatchSampler(self.train_cases, self.family, config, stack=stack)
@@ -196,6 +208,13 @@ class _Trainer:
         if state["model_config"]["name"] != self.model.config["name"]:
             raise InputError(path, f"holds a {state['model_config']['name']} run, config asks for "
                                    f"{self.model.config['name']}")
+        changed = [f"{section}.{key}" for section in ("data", "model", "loss")
+                   for key in set(self.config[section]) | set(state["config"][section])
+                   if self.config[section].get(key) != state["config"][section].get(key)
+                   and (section, key) != ("data", "manifest")]  # a moved dataset or run folder may resume
+        if changed:
+            raise InputError(path, f"was trained with other settings ({', '.join(sorted(changed))}); resume with "
+                                   "the same data, model and loss (train.* and augment.* may change)")
         self.model.load_state_dict(state["model_state"])
         self.optimizer.load_state_dict(state["optimizer_state"])
         self.scheduler.load_state_dict(state["scheduler_state"])
@@ -260,7 +279,7 @@ class _Trainer:
         if case.case_id not in self.feature_cache:
             x = torch.from_numpy(case.image)[None]
             with torch.no_grad():
-                self.feature_cache[case.case_id] = self.model.segment_views(x, self.model.all_views())
+                self.feature_cache[case.case_id] = self.model.encode(x, self.model.all_views())
         return self.feature_cache[case.case_id]
 
     def _train_step(self, path: int) -> dict:
@@ -273,9 +292,9 @@ class _Trainer:
                 self.model.freeze_unet(True)
             index = int(torch.randint(len(self.train_cases), (1,), generator=generator))
             case = self.train_cases[index]
-            features, argmax = self._path2_features(index)
+            encoded = self._path2_features(index)
             x = torch.from_numpy(case.image)[None]
-            logits = self.model.lift(x, features, argmax, self.model.all_views())
+            logits = self.model.decode(x, encoded)
             loss = main = self._loss(logits, torch.from_numpy(case.masks)[None].float())
             aux = None
         else:

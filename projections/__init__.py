@@ -16,12 +16,13 @@ from seg25d.projections.geometry import (
     AXIS_NAMES, Geometry, axis_geometry, direction_geometry, fibonacci_directions, multi_axis_geometry,
     sphere_geometry, uniform_angles,
 )
+from seg25d.projections.detector import resample_views
 from seg25d.projections.operators import MaxIntensityProjection, RayBackprojection, RayTransform, projector_plan
 
 __all__ = [
     "project", "as_geometry", "Geometry", "axis_geometry", "multi_axis_geometry", "sphere_geometry",
     "direction_geometry", "fibonacci_directions", "uniform_angles", "RayTransform", "RayBackprojection",
-    "MaxIntensityProjection", "projector_plan", "AXIS_NAMES", "MODES",
+    "MaxIntensityProjection", "projector_plan", "resample_views", "AXIS_NAMES", "MODES",
 ]
 
 MODES = ("mip", "radon")

@@ -14,7 +14,7 @@ def test_presets_listed_and_load():
     assert {"vessels", "gi"} <= set(list_presets())
     vessels = load_config("vessels")
     assert vessels["model"]["name"] == "projection25d"
-    assert vessels["model"]["options"] == {"preset": "default"}
+    assert vessels["model"]["options"] == {"preset": "default", "scale": "auto"}
     assert vessels["train"]["max_steps"] == 400 and vessels["train"]["path2_fraction"] == 0.15
     assert vessels["augment"]["flip_axes"] == [0, 1, 2]
     gi = load_config("gi")
@@ -72,7 +72,7 @@ def test_overrides_applied():
     assert config["train"]["progress"] is False
     assert config["data"]["patch_size"] == [4, 8, 8]
     # nested model options are created below model.options and keep the preset's other options
-    assert config["model"]["options"] == {"preset": "default", "directions": 2,
+    assert config["model"]["options"] == {"preset": "default", "scale": "auto", "directions": 2,
                                           "unet": {"depth": 2, "base_channels": 4}}
     # later overrides win
     assert load_config("vessels", ["train.seed=1", "train.seed=5"])["train"]["seed"] == 5

@@ -64,7 +64,7 @@ def _position(value: float) -> tuple[int, int, int, int]:
 
 # --- families, task ------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name, family", [("projection25d", "volume"), ("unet3d", "volume"),
+@pytest.mark.parametrize("name, family", [("projection25d", "volume"), ("unet3d", "patches"), ("monai_unet", "patches"),
                                           ("slicestack25d", "stacks"), ("unet2d", "slices"), ("segnet", "slices"),
                                           ("unetpp", "slices")])
 def test_model_family(name, family):
@@ -350,7 +350,7 @@ def test_patch_crops_are_subvolumes():
     masks[0, 1:4, 2:7, 3:5] = True
     case = _case("c", _encoded(shape), masks)
     config = _config(data={"patch_size": [3, 5, 6], "foreground_fraction": 0.5}, train={"batch_size": 16})
-    x, y = BatchSampler([case], "volume", config).batch(step_generator(0, 1))
+    x, y = BatchSampler([case], "patches", config).batch(step_generator(0, 1))
     assert tuple(x.shape) == (16, 1, 3, 5, 6) and tuple(y.shape) == (16, 1, 3, 5, 6)
     starts = set()
     for xi, yi in zip(x, y):
@@ -361,8 +361,11 @@ def test_patch_crops_are_subvolumes():
     assert len(starts) > 3
     # a patch larger than the volume along an axis takes the whole axis
     config["data"]["patch_size"] = [10, 5, 5]
-    x, _ = BatchSampler([case], "volume", config).batch(step_generator(0, 2))
+    x, _ = BatchSampler([case], "patches", config).batch(step_generator(0, 2))
     assert tuple(x.shape) == (16, 1, 6, 5, 5)
+    # projection25d ("volume") always sees whole volumes
+    x, _ = BatchSampler([case], "volume", config).batch(step_generator(0, 2))
+    assert tuple(x.shape) == (16, 1, *shape)
 
 
 def test_patch_foreground_fraction():
@@ -373,7 +376,7 @@ def test_patch_foreground_fraction():
     hits = {}
     for fraction in (0.0, 1.0):
         config = _config(data={"patch_size": [4, 4, 4], "foreground_fraction": fraction}, train={"batch_size": 32})
-        sampler = BatchSampler([case], "volume", config)
+        sampler = BatchSampler([case], "patches", config)
         y = torch.cat([sampler.batch(step_generator(0, s))[1] for s in range(4)])
         hits[fraction] = int(y.flatten(1).any(1).sum())
     assert hits[1.0] == 128

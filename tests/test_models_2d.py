@@ -218,9 +218,14 @@ def test_build_rejects_unknown_options_listing_valid_ones(name, expected):
 
 
 def test_build_records_config():
+    """Every option is recorded, defaults included, so a checkpoint rebuilds the same net if defaults change."""
+    from seg25d.models import model_options
+
     net = build("segnet", 3, 2, depth=2, base_channels=4)
     assert net.config == {"name": "segnet", "in_channels": 3, "out_channels": 2,
-                          "options": {"depth": 2, "base_channels": 4}}
+                          "options": {**model_options("segnet"), "depth": 2, "base_channels": 4}}
+    rebuilt = build("segnet", 3, 2, **net.config["options"])
+    assert rebuilt.config == net.config
 
 
 # --- gradients ---------------------------------------------------------------------------------------------------

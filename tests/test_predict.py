@@ -441,7 +441,8 @@ def test_torchrun_shards_cases_and_gathers_failures(vessels, resampling_ckpt, tm
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "seg25d",
                "predict", "--model", str(resampling_ckpt), "--manifest", str(manifest), "--out", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, encoding="utf-8", errors="replace",
+                            timeout=180)
     assert result.returncode != 0, result.stdout + result.stderr  # some cases failed
     # Rank 0 reports its own shard (2 predicted) and the failures of both.
     assert "predicted 2, skipped 0 (already done), failed 2" in result.stdout, result.stdout + result.stderr

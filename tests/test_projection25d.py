@@ -83,7 +83,11 @@ def test_preset_options_and_overrides():
     assert model.features == default["features"] and model.axes == tuple(default["axes"])
     assert model.n_views == default["directions"] * len(default["axes"])
     assert sum(isinstance(m, torch.nn.MaxPool2d) for m in model.unet.modules()) <= 1
-    assert build("projection25d", 1, 1, unet={"depth": 2}).config["options"] == {"unet": {"depth": 2}}
+    recorded = build("projection25d", 1, 1, unet={"depth": 2}).config["options"]  # resolved, preset included
+    assert recorded["preset"] == "default" and recorded["unet"] == {**default["unet"], "depth": 2}
+    assert {k: v for k, v in recorded.items() if k not in ("preset", "unet")} == \
+        {k: v for k, v in default.items() if k != "unet"}
+    assert build("projection25d", 1, 1, **recorded).config["options"] == recorded
 
 
 @pytest.mark.parametrize("options, match", [
@@ -188,7 +192,7 @@ def test_path2_trains_only_filtration_and_head(options):
     x, views = _volume(seed=3), model.all_views()
     for _ in range(2):
         optimizer.zero_grad(set_to_none=True)
-        logits = model.lift(x, *model.segment_views(x, views), views)
+        logits = model.decode(x, model.encode(x, views))
         segmentation_loss(logits, _masks(seed=4), True).backward()
         optimizer.step()
     unet_after, rest_after = _split_state(model)

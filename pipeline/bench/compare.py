@@ -3,7 +3,8 @@
 Each model trains in a fresh process (``seg25d train`` with ``train.max_minutes`` = the budget), then predicts
 the test split in this process (the time per volume counts only the model's work, not start-up) and is
 evaluated. Reported per model: per-class Dice and HD95 on the test split, training steps done, the median
-training-step time and the largest peak extra resident memory of a step, inference seconds per volume.
+training-step time, the peak extra resident memory of a training step and of an inference (measured in a
+fresh process, see :mod:`seg25d.pipeline.memory`), inference seconds per volume.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pandas as pd
 
 from seg25d.pipeline.atomic import write_csv, write_json, write_text
 
-__all__ = ["bench_compare", "DEFAULT_MODELS", "markdown_table"]
+__all__ = ["bench_compare", "run_entries", "DEFAULT_MODELS", "markdown_table"]
 
 log = logging.getLogger(__name__)
 DEFAULT_MODELS = ("projection25d", "slicestack25d", "unet2d", "unet3d", "monai_unet")
@@ -34,18 +35,17 @@ def _monai_available() -> bool:
     return True
 
 
-def _train(model: str, manifest: Path, run_dir: Path, minutes: float, seed: int, config: str, extra) -> float:
-    from seg25d.pipeline.bench.models import BENCH_OPTIONS
-
-    options = BENCH_OPTIONS.get(model)
+def _train(model: str, options: dict | None, manifest: Path, run_dir: Path, minutes: float, seed: int, config: str,
+           extra) -> float:
+    """Train in a fresh process; ``options`` (when given) replace the preset's model options."""
     cmd = [sys.executable, "-m", "seg25d", "train", "--config", config, "--out", str(run_dir),
            "--set", f"data.manifest={json.dumps(str(manifest))}", "--set", f"model.name={json.dumps(model)}",
            "--set", f"train.max_minutes={minutes}", "--set", "train.max_steps=1000000",
            "--set", f"train.seed={seed}", "--set", "train.progress=false"]
-    if model != "projection25d":  # the vessels preset's options are projection25d's
+    if options is not None:
         cmd += ["--set", "model.options={}"]
-    for key, value in (options or {}).items():
-        cmd += ["--set", f"model.options.{key}={json.dumps(value)}"]
+        for key, value in options.items():
+            cmd += ["--set", f"model.options.{key}={_toml(value)}"]
     for item in extra:
         cmd += ["--set", item]
     start = time.perf_counter()
@@ -71,31 +71,59 @@ def _predict(checkpoint: Path, manifest: Path, out_dir: Path) -> float:
     return statistics.median(seconds)
 
 
+def _toml(value) -> str:
+    """A TOML literal for ``--set`` (tables and arrays of scalars)."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return json.dumps(value)
+
+
 def bench_compare(manifest, budget_minutes: float, out_dir, models=DEFAULT_MODELS, seed: int = 0,
                   config: str = "vessels", extra: tuple = ()) -> pd.DataFrame:
-    """Train, predict and evaluate each model; writes compare.csv, compare.json and compare.md in ``out_dir``."""
+    """Train, predict and evaluate each model; writes compare.csv, compare.json and compare.md in ``out_dir``.
+
+    Models train with the preset's loss, data and schedule; the preset's own model with the preset's model
+    options, the others with ``BENCH_OPTIONS`` or their defaults.
+    """
+    from seg25d.pipeline.bench.models import BENCH_OPTIONS
+    from seg25d.pipeline.config import load_config
+
+    preset_model = load_config(config)["model"]["name"]
+    entries = []
+    for model in models:
+        if model == "monai_unet" and not _monai_available():
+            log.warning("monai is not installed: skipping monai_unet")
+            continue
+        options = None if model == preset_model else BENCH_OPTIONS.get(model, {})
+        entries.append((model, model, options, ()))
+    return run_entries(entries, manifest, budget_minutes, out_dir, seed, config, extra, name="compare")
+
+
+def run_entries(entries, manifest, budget_minutes: float, out_dir, seed: int, config: str, extra: tuple,
+                name: str) -> pd.DataFrame:
+    """Train, predict and evaluate ``(label, model, options, overrides)`` entries into ``out_dir/<name>.*``."""
     from seg25d.pipeline.evaluate import evaluate
 
     manifest, out_dir = Path(manifest).resolve(), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
-    for model in models:
-        if model == "monai_unet" and not _monai_available():
-            log.warning("monai is not installed: skipping monai_unet")
-            continue
-        base = out_dir / model
+    for label, model, options, overrides in entries:
+        base = out_dir / _slug(label)
         run_dir = base / "run"
         base.mkdir(parents=True, exist_ok=True)
-        print(f"[compare] {model}: training for {budget_minutes:g} min", flush=True)
-        wall = _train(model, manifest, run_dir, budget_minutes, seed, config, extra)
+        print(f"[{name}] {label}: training for {budget_minutes:g} min", flush=True)
+        wall = _train(model, options, manifest, run_dir, budget_minutes, seed, config, (*extra, *overrides))
         metrics = pd.read_csv(run_dir / "metrics.csv")
         checkpoint = run_dir / "best.pt" if (run_dir / "best.pt").exists() else run_dir / "last.pt"
         infer = _predict(checkpoint, manifest, base / "predictions")
         scores = evaluate(base / "predictions", manifest, base / "evaluation", split="test")
-        steps = metrics[metrics.get("path", 0) != 2] if "path" in metrics else metrics
-        row = {"model": model, "steps": len(metrics), "train_wall_seconds": round(wall, 1),
+        steps = metrics[metrics.path != 2] if "path" in metrics else metrics
+        memory = _step_memory(checkpoint, manifest)
+        row = {"model": label, "steps": len(metrics), "train_wall_seconds": round(wall, 1),
                "step_seconds": float(steps.step_seconds.median()),
-               "peak_extra_mb": float(metrics.peak_extra_mb.max()),
+               "peak_extra_mb": memory["step_peak_extra_mb"], "infer_peak_extra_mb": memory["infer_peak_extra_mb"],
                "infer_seconds_per_volume": infer,
                "parameters": _parameters(checkpoint)}
         for name, group in scores.dropna(subset=["class"]).groupby("class"):
@@ -104,11 +132,32 @@ def bench_compare(manifest, budget_minutes: float, out_dir, models=DEFAULT_MODEL
             row[f"hd95_{name}"] = float(group.hd95.mean())
         rows.append(row)
         frame = pd.DataFrame(rows)
-        write_csv(out_dir / "compare.csv", frame)
-        write_json(out_dir / "compare.json", {"manifest": str(manifest), "budget_minutes": budget_minutes,
-                                              "seed": seed, "threads": os.cpu_count(), "rows": rows})
-        write_text(out_dir / "compare.md", markdown_table(frame, budget_minutes))
+        write_csv(out_dir / f"{name}.csv", frame)
+        write_json(out_dir / f"{name}.json", {"manifest": str(manifest), "budget_minutes": budget_minutes,
+                                              "seed": seed, "config": config, "cpus": os.cpu_count(), "rows": rows})
+        write_text(out_dir / f"{name}.md", markdown_table(frame, budget_minutes))
     return pd.DataFrame(rows)
+
+
+def _slug(label: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in label).strip("_").lower()
+
+
+def _step_memory(checkpoint: Path, manifest: Path) -> dict:
+    """Peak extra memory of one training step and one inference of the trained model's architecture on a
+    volume of the test cases' working shape, in a fresh memory-measuring process."""
+    from seg25d.pipeline.bench.step import measure_in_fresh_processes
+    from seg25d.pipeline.checkpoint import load_checkpoint
+    from seg25d.pipeline.io import read_volume
+    from seg25d.pipeline.predict import jobs_from_manifest
+    from seg25d.pipeline.preprocess import Preprocessing
+
+    payload = load_checkpoint(checkpoint)
+    volume = read_volume(jobs_from_manifest(manifest, "test")[0].image)
+    shape = Preprocessing.from_dict(payload["preprocessing"]).grid(volume.meta.shape, volume.meta.spacing)
+    config = payload["model_config"]
+    return measure_in_fresh_processes(config["name"], shape, config["options"], repeats=1,
+                                      channels=(config["in_channels"], config["out_channels"]))
 
 
 def _parameters(checkpoint: Path) -> int:

@@ -9,8 +9,10 @@ import torch
 
 __all__ = ["bench_models", "BENCH_OPTIONS"]
 
-# Each model's own defaults, and MONAI's UNet at the widths of the plain comparison (16-32-64-128).
-BENCH_OPTIONS: dict[str, dict] = {"monai_unet": {"channels": [16, 32, 64, 128], "strides": [2, 2, 2]}}
+# Each model's own defaults, projection25d's default preset with its scale chosen by volume size, and MONAI's
+# UNet at the widths of the plain comparison (16-32-64-128).
+BENCH_OPTIONS: dict[str, dict] = {"projection25d": {"preset": "default", "scale": "auto"},
+                                  "monai_unet": {"channels": [16, 32, 64, 128], "strides": [2, 2, 2]}}
 
 
 def bench_models(shape=(64, 96, 96), repeats: int = 3, models=None) -> list[dict]:
@@ -24,8 +26,13 @@ def bench_models(shape=(64, 96, 96), repeats: int = 3, models=None) -> list[dict
     rows = []
     x = torch.randn(1, 1, *shape)
     for name in models or list_models():
+        options = dict(BENCH_OPTIONS.get(name, {}))
+        if options.get("scale") == "auto":
+            from seg25d.models.projection25d import resolve_scale
+
+            options["scale"] = resolve_scale("auto", shape)
         try:
-            model = build(name, 1, 1, **BENCH_OPTIONS.get(name, {})).eval()
+            model = build(name, 1, 1, **options).eval()
         except ValueError as err:  # e.g. monai missing
             rows.append({"model": name, "error": str(err)})
             continue
@@ -37,5 +44,5 @@ def bench_models(shape=(64, 96, 96), repeats: int = 3, models=None) -> list[dict
             times.append(time.perf_counter() - start)
         rows.append({"model": name, "parameters": sum(p.numel() for p in model.parameters()),
                      "forward_seconds": statistics.median(times), "shape": "x".join(map(str, shape)),
-                     "options": BENCH_OPTIONS.get(name, {})})
+                     "options": options})
     return rows

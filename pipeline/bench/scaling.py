@@ -1,7 +1,8 @@
 """``seg25d bench scaling``: training-step time and peak extra memory against cube size, a fresh process each.
 
-Each (model, size) runs :mod:`seg25d.pipeline.bench.step` in its own process, watched: when its resident
-memory passes the limit it is stopped and the row says so ("exceeds the memory limit") instead of failing.
+Each (model, size) runs :mod:`seg25d.pipeline.bench.step` in fresh processes (memory in one started with
+``MEASURE_ENV``, time in a plain one), watched: when a process's resident memory passes the limit it is
+stopped and the row says so ("exceeds the memory limit") instead of failing.
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ import numpy as np
 import pandas as pd
 
 from seg25d.pipeline.atomic import atomic_path, write_csv, write_json
+from seg25d.pipeline.memory import MEASURE_ENV
 
 __all__ = ["bench_scaling", "SCALING_MODELS", "physical_memory_gb"]
 
 # MONAI's UNet as the issue specifies it: channels 16-32-64-128-256, strides 2, two residual units.
 SCALING_MODELS = {
-    "projection25d": {},
+    "projection25d": {"scale": "auto"},
     "unet3d": {},
     "monai_unet": {"channels": [16, 32, 64, 128, 256], "strides": [2, 2, 2, 2], "num_res_units": 2},
 }
@@ -42,28 +44,39 @@ def _rss_mb(pid: int) -> float:
     return 0.0
 
 
-def _run(model: str, size: int, options: dict, limit_mb: float, timeout: float, repeats: int) -> dict:
-    cmd = [sys.executable, "-m", "seg25d.pipeline.bench.step", "--model", model, "--size", str(size),
-           "--options", json.dumps(options), "--repeats", str(repeats)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    start, peak = time.time(), 0.0
+def _watch(cmd: list[str], env: dict, limit_mb: float, timeout: float) -> tuple[dict | None, str]:
+    """Run ``cmd`` while watching its resident memory; ``(json result, status)``."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **env})
+    start = time.time()
     while proc.poll() is None:
-        peak = max(peak, _rss_mb(proc.pid))
-        if peak > limit_mb:
+        if _rss_mb(proc.pid) > limit_mb:
             proc.kill()
             proc.wait()
-            return {"model": model, "size": size, "status": f"exceeds the memory limit ({limit_mb / 1024:.0f} GiB)"}
+            return None, f"exceeds the memory limit ({limit_mb / 1024:.0f} GiB)"
         if time.time() - start > timeout:
             proc.kill()
             proc.wait()
-            return {"model": model, "size": size, "status": f"slower than the {timeout:.0f} s limit"}
-        time.sleep(0.1)
+            return None, f"slower than the {timeout:.0f} s limit"
+        time.sleep(0.05)
     out, err = proc.communicate()
     if proc.returncode != 0:
         last = (err.strip().splitlines() or ["?"])[-1]
-        status = "out of memory" if "memory" in last.lower() else f"failed: {last}"
+        return None, "out of memory" if "memory" in last.lower() else f"failed: {last}"
+    return json.loads(out.strip().splitlines()[-1]), "ok"
+
+
+def _run(model: str, size: int, options: dict, limit_mb: float, timeout: float, repeats: int) -> dict:
+    """Memory from a process with :data:`MEASURE_ENV` (stopped at the limit), then time from a plain one."""
+    base = [sys.executable, "-m", "seg25d.pipeline.bench.step", "--model", model, "--shape", str(size),
+            "--options", json.dumps(options)]
+    sized, status = _watch(base + ["--repeats", "1"], MEASURE_ENV, limit_mb, timeout)
+    if sized is None:
         return {"model": model, "size": size, "status": status}
-    return {**json.loads(out.strip().splitlines()[-1]), "status": "ok", "process_peak_rss_mb": peak}
+    timed, status = _watch(base + ["--repeats", str(repeats)], {}, limit_mb * 2, timeout)
+    if timed is None:
+        return {"model": model, "size": size, "status": status}
+    return {**timed, "size": size, "status": "ok", "step_peak_extra_mb": sized["step_peak_extra_mb"],
+            "infer_peak_extra_mb": sized["infer_peak_extra_mb"]}
 
 
 def bench_scaling(sizes=(64, 96, 128, 192, 256), out_dir="bench_scaling", models=None, memory_limit_gb=None,

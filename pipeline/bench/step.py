@@ -1,38 +1,45 @@
-"""One model's training step and whole-volume inference at a cube size: time and peak extra memory.
+"""One model's training step and whole-volume inference at a volume shape: time or peak extra memory.
 
-Run in a fresh process per (model, size) by ``seg25d bench scaling`` so that memory measurements do not
-mix; ``python -m seg25d.pipeline.bench.step --model projection25d --size 128`` prints one JSON line.
+Run in a fresh process per (model, shape, what) by ``seg25d bench scaling`` and ``bench compare``:
+``python -m seg25d.pipeline.bench.step --model projection25d --shape 128 128 128 --what time`` prints one
+JSON line. Memory is measured in a process started with :data:`seg25d.pipeline.memory.MEASURE_ENV`, time
+in one without it (see :mod:`seg25d.pipeline.memory`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
 
-from seg25d.pipeline.memory import PeakMemory
+from seg25d.pipeline.memory import MEASURE_ENV, PeakMemory
 
-__all__ = ["measure"]
+__all__ = ["measure", "measure_in_fresh_processes"]
 
 
-def _model(name: str, options: dict):
+def measure(name: str, shape, options: dict | None = None, repeats: int = 3, seed: int = 0,
+            channels: tuple[int, int] = (1, 1)) -> dict:
+    """Median seconds and largest peak extra MiB of a training step (forward, BCE+Dice loss, backward, AdamW
+    step) and of a whole-volume inference, on a random volume of ``shape`` with a sparse random mask."""
     from seg25d.models import build
-
-    return build(name, 1, 1, **options)
-
-
-def measure(name: str, size: int, options: dict | None = None, repeats: int = 3, seed: int = 0) -> dict:
-    """Median seconds and peak extra MiB of a training step (forward, BCE+Dice loss, backward, AdamW step)
-    and of a whole-volume inference, on a random ``size^3`` volume with a sparse random mask."""
     from seg25d.pipeline.losses import segmentation_loss
+    from seg25d.pipeline.volume_inference import predict_logits
+
+    from seg25d.models.projection25d import resolve_scale
 
     torch.manual_seed(seed)
-    model = _model(name, options or {})
-    x = torch.randn(1, 1, size, size, size)
-    y = (torch.rand(1, 1, size, size, size) > 0.97).float()
+    options = dict(options or {})
+    if options.get("scale") == "auto":
+        options["scale"] = resolve_scale("auto", shape)
+    model = build(name, *channels, **options)
+    x = torch.randn(1, channels[0], *shape)
+    y = (torch.rand(1, channels[1], *shape) > 0.97).float()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
 
     def step():
@@ -42,7 +49,7 @@ def measure(name: str, size: int, options: dict | None = None, repeats: int = 3,
         optimizer.step()
 
     model.train()
-    step()  # warm-up: tables, allocator, optimiser state
+    step()  # warm-up: tables, optimiser state
     times, peaks = [], []
     for _ in range(repeats):
         with PeakMemory() as mem:
@@ -50,32 +57,50 @@ def measure(name: str, size: int, options: dict | None = None, repeats: int = 3,
             step()
             times.append(time.perf_counter() - start)
         peaks.append(mem.extra_mb)
-    model.eval()
+    predict_logits(model, x)
     infer_times, infer_peaks = [], []
-    with torch.no_grad():
-        model(x)
-        for _ in range(repeats):
-            with PeakMemory() as mem:
-                start = time.perf_counter()
-                model(x)
-                infer_times.append(time.perf_counter() - start)
-            infer_peaks.append(mem.extra_mb)
+    for _ in range(repeats):
+        with PeakMemory() as mem:
+            start = time.perf_counter()
+            predict_logits(model, x)
+            infer_times.append(time.perf_counter() - start)
+        infer_peaks.append(mem.extra_mb)
     return {
-        "model": name, "size": size, "parameters": sum(p.numel() for p in model.parameters()),
+        "model": name, "shape": "x".join(map(str, shape)), "options": options,
+        "parameters": sum(p.numel() for p in model.parameters()),
         "step_seconds": statistics.median(times), "step_peak_extra_mb": max(p or 0 for p in peaks),
         "infer_seconds": statistics.median(infer_times), "infer_peak_extra_mb": max(p or 0 for p in infer_peaks),
         "threads": torch.get_num_threads(),
     }
 
 
+def _command(name, shape, options, repeats, channels):
+    return [sys.executable, "-m", "seg25d.pipeline.bench.step", "--model", name, "--shape", *map(str, shape),
+            "--options", json.dumps(options or {}), "--repeats", str(repeats), "--channels", *map(str, channels)]
+
+
+def measure_in_fresh_processes(name: str, shape, options: dict | None = None, repeats: int = 3,
+                               timeout: float = 1800, channels: tuple[int, int] = (1, 1)) -> dict:
+    """Time from one fresh process, memory from another started with ``MEASURE_ENV``."""
+    timed = subprocess.run(_command(name, shape, options, repeats, channels), capture_output=True, text=True,
+                           check=True, timeout=timeout)
+    sized = subprocess.run(_command(name, shape, options, 1, channels), capture_output=True, text=True, check=True,
+                           timeout=timeout, env={**os.environ, **MEASURE_ENV})
+    t, m = json.loads(timed.stdout.splitlines()[-1]), json.loads(sized.stdout.splitlines()[-1])
+    return {**t, "step_peak_extra_mb": m["step_peak_extra_mb"], "infer_peak_extra_mb": m["infer_peak_extra_mb"]}
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", required=True)
-    parser.add_argument("--size", type=int, required=True)
+    parser.add_argument("--shape", type=int, nargs="+", required=True, help="D H W, or one size for a cube")
     parser.add_argument("--options", default="{}", help="model options as JSON")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--channels", type=int, nargs=2, default=[1, 1], metavar=("IN", "OUT"))
     args = parser.parse_args(argv)
-    print(json.dumps(measure(args.model, args.size, json.loads(args.options), args.repeats)))
+    shape = args.shape * 3 if len(args.shape) == 1 else args.shape
+    print(json.dumps(measure(args.model, shape, json.loads(args.options), args.repeats,
+                             channels=tuple(args.channels))))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ from pathlib import Path
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("bench", help="benchmarks: operators, models, compare, scaling")
+    parser = subparsers.add_parser("bench", help="benchmarks: operators, models, compare, ablation, oracle, scaling")
     sub = parser.add_subparsers(dest="bench", metavar="BENCH")
     sub.required = True
 
@@ -33,6 +33,19 @@ def register(subparsers) -> None:
     compare.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                          help="extra config override for every model")
     compare.set_defaults(func=_compare)
+
+    ablation = sub.add_parser("ablation", help="the steps from the seed's model to the default, each trained")
+    ablation.add_argument("--manifest", type=Path, required=True)
+    ablation.add_argument("--budget-minutes", type=float, required=True)
+    ablation.add_argument("--out", type=Path, required=True)
+    ablation.add_argument("--seed", type=int, default=0)
+    ablation.set_defaults(func=_ablation)
+
+    oracle = sub.add_parser("oracle", help="Dice of perfect view masks lifted back, per direction set")
+    oracle.add_argument("--manifest", type=Path, required=True)
+    oracle.add_argument("--split", default="test", choices=("train", "val", "test"))
+    oracle.add_argument("--out", type=Path, help="CSV file for the results")
+    oracle.set_defaults(func=_oracle)
 
     scaling = sub.add_parser("scaling", help="step time and memory against cube size, a fresh process each")
     scaling.add_argument("--sizes", type=int, nargs="+", default=[64, 96, 128, 192, 256])
@@ -74,6 +87,27 @@ def _compare(args) -> int:
     bench_compare(args.manifest, args.budget_minutes, args.out, args.models or DEFAULT_MODELS, args.seed,
                   args.config, tuple(args.overrides))
     print((args.out / "compare.md").read_text())
+    return 0
+
+
+def _ablation(args) -> int:
+    from seg25d.pipeline.bench.ablation import bench_ablation
+
+    bench_ablation(args.manifest, args.budget_minutes, args.out, args.seed)
+    print((args.out / "ablation.md").read_text())
+    return 0
+
+
+def _oracle(args) -> int:
+    import pandas as pd
+
+    from seg25d.pipeline.atomic import write_csv
+    from seg25d.pipeline.bench.oracle import bench_oracle
+
+    frame = pd.DataFrame(bench_oracle(args.manifest, args.split))
+    print(frame.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if args.out:
+        write_csv(args.out, frame)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""``seg25d manifest check``: validate a dataset manifest and every file it names."""
+"""``seg25d manifest check|split``: validate a manifest and every file it names; assign splits by group."""
 
 from __future__ import annotations
 
@@ -14,6 +14,13 @@ def register(subparsers) -> None:
     check.add_argument("--classes", nargs="+", metavar="NAME=VALUE",
                        help="declare index classes instead of the sidecar JSON, e.g. vessel=1")
     check.set_defaults(func=_check)
+    split = sub.add_parser("split", help="write a copy with train/val/test splits drawn by group, seeded")
+    split.add_argument("manifest", type=Path)
+    split.add_argument("--out", type=Path, required=True, help="new manifest CSV (its class sidecar is copied)")
+    split.add_argument("--val", type=float, default=0.15, help="share of cases for validation (default 0.15)")
+    split.add_argument("--test", type=float, default=0.25, help="share of cases for testing (default 0.25)")
+    split.add_argument("--seed", type=int, default=0)
+    split.set_defaults(func=_split)
 
 
 def _check(args) -> int:
@@ -37,4 +44,14 @@ def _check(args) -> int:
             print(f"  {line}")
         return 1
     print(f"\n{len(table)} case(s), no problems")
+    return 0
+
+
+def _split(args) -> int:
+    from seg25d.pipeline.manifest import assign_splits
+
+    frame = assign_splits(args.manifest, args.out, args.val, args.test, args.seed)
+    counts = frame.groupby("split").agg(cases=("case_id", "size"), groups=("group", "nunique"))
+    print(counts.to_string())
+    print(f"wrote {args.out}")
     return 0

@@ -11,7 +11,7 @@ def register(subparsers) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--manifest", type=Path, help="manifest CSV; outputs are named <case_id> + input extension")
     source.add_argument("--input", nargs="+", type=Path, help="image files or DICOM folders")
-    parser.add_argument("--split", help="only this split of the manifest (train, val, test)")
+    parser.add_argument("--split", choices=("train", "val", "test"), help="only this split of the manifest")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--probabilities", action="store_true", help="also write per-class probability maps")
     parser.add_argument("--tta", action="store_true", help="average over flips (4 passes)")

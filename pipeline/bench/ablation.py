@@ -1,0 +1,36 @@
+"""``seg25d bench ablation``: the steps from the seed's random 2.5D U-Net to seg25d's default, each measured.
+
+Every entry trains ``projection25d`` under the same time budget on the same split and seed (the
+``vessels`` training preset) and is tested like ``bench compare``; the table shows each step's effect.
+"""
+
+from __future__ import annotations
+
+from seg25d.pipeline.bench.compare import run_entries
+
+__all__ = ["ABLATIONS", "bench_ablation"]
+
+_PAPER_3AXES = {"preset": "paper", "axes": [0, 1, 2], "directions": 8, "train_directions": 6}
+
+# label -> (projection25d options, extra config overrides)
+ABLATIONS: dict[str, tuple[dict, tuple]] = {
+    "paper: 1 axis, MIP, F (ramp) + backprojection, T": ({"preset": "paper"}, ()),
+    "paper + three rotation axes": (_PAPER_3AXES, ()),
+    "+ MIP lifting, 2 channels per lift, volume head": ({"preset": "default", "aux_loss": False}, ()),
+    "+ 2D auxiliary loss = default": ({"preset": "default"}, ()),
+    "default, one rotation axis": ({"preset": "default", "axes": [0], "directions": 24}, ()),
+    "default, backprojection only": ({"preset": "default", "lift": ["backproject"], "features": 2}, ()),
+    "default, MIP lifting only": ({"preset": "default", "lift": ["mip"], "features": 2}, ()),
+    "default, Radon input": ({"preset": "default", "mode": "radon"}, ()),
+    "default, ramp filtration init": ({"preset": "default", "filter_init": "ramp"}, ()),
+    "default, path 1 only": ({"preset": "default"}, ("train.schedule=\"path1\"",)),
+    "default, path 1 / path 2 alternating": ({"preset": "default"}, ("train.schedule=\"alternate\"",)),
+    "default at half resolution (scale 2)": ({"preset": "default", "scale": 2}, ()),
+}
+
+
+def bench_ablation(manifest, budget_minutes: float, out_dir, seed: int = 0, only=None):
+    """Run the ablation ladder (or the entries named in ``only``); writes ablation.csv/json/md."""
+    entries = [(label, "projection25d", options, extra) for label, (options, extra) in ABLATIONS.items()
+               if not only or label in only]
+    return run_entries(entries, manifest, budget_minutes, out_dir, seed, "vessels", (), name="ablation")
