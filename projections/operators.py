@@ -114,13 +114,15 @@ class _AxisGroup:
     def mip(self, x, want_argmax: bool, local: np.ndarray):
         """MIP of the group's views ``local`` (positions in this group): ``(B, C, len(local), V, U)``."""
         b, c = x.shape[:2]
-        xt = self.to_plane(x)
         rows = self.geometry.shape[self.axis]
-        fill = xt.amin(0).view(rows, b * c).amin(0).repeat(rows)
-        xe = torch.cat([xt, fill[None]], dim=0)
-        cols = xe.shape[1]
+        cols = rows * b * c
+        xe = x.new_empty(self.n_plane + 1, cols)  # the plane layout plus one row holding the fill value
+        shape = self.geometry.shape
+        xe[:-1].view(shape[self.p], shape[self.q], rows, b, c).copy_(x.permute(self.perm))
+        fill = x.amin(dim=(2, 3, 4)).reshape(b * c).repeat(rows)  # per item and channel, tiled like the columns
+        xe[-1] = fill
         u_count = self.geometry.detector_shape[1]
-        out = xt.new_empty(len(local), u_count, cols)
+        out = xe.new_empty(len(local), u_count, cols)
         args = torch.empty(out.shape, dtype=torch.long, device=x.device) if want_argmax else None
         for n, view in enumerate(local):
             i0, i1, alpha, k = self.mip_tables[view]

@@ -126,10 +126,10 @@ def run_entries(entries, manifest, budget_minutes: float, out_dir, seed: int, co
                "peak_extra_mb": memory["step_peak_extra_mb"], "infer_peak_extra_mb": memory["infer_peak_extra_mb"],
                "infer_seconds_per_volume": infer,
                "parameters": _parameters(checkpoint)}
-        for name, group in scores.dropna(subset=["class"]).groupby("class"):
-            row[f"dice_{name}"] = float(group.dice.mean())
-            row[f"dice_sd_{name}"] = float(group.dice.std())
-            row[f"hd95_{name}"] = float(group.hd95.mean())
+        for cls, group in scores.dropna(subset=["class"]).groupby("class"):
+            row[f"dice_{cls}"] = float(group.dice.mean())
+            row[f"dice_sd_{cls}"] = float(group.dice.std())
+            row[f"hd95_{cls}"] = float(group.hd95.mean())
         rows.append(row)
         frame = pd.DataFrame(rows)
         write_csv(out_dir / f"{name}.csv", frame)
@@ -155,9 +155,11 @@ def _step_memory(checkpoint: Path, manifest: Path) -> dict:
     payload = load_checkpoint(checkpoint)
     volume = read_volume(jobs_from_manifest(manifest, "test")[0].image)
     shape = Preprocessing.from_dict(payload["preprocessing"]).grid(volume.meta.shape, volume.meta.spacing)
-    config = payload["model_config"]
-    return measure_in_fresh_processes(config["name"], shape, config["options"], repeats=1,
-                                      channels=(config["in_channels"], config["out_channels"]))
+    model, train = payload["model_config"], payload["config"]["train"]
+    return measure_in_fresh_processes(model["name"], shape, model["options"], repeats=1,
+                                      channels=(model["in_channels"], model["out_channels"]),
+                                      batch=int(train["slices_per_step"]),
+                                      patch=payload["config"]["data"].get("patch_size") or None)
 
 
 def _parameters(checkpoint: Path) -> int:

@@ -8,15 +8,19 @@ rotating it back with ``grid_sample`` (forward and backward through autograd).
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import statistics
+import subprocess
+import sys
 import time
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
-from seg25d.pipeline.memory import PeakMemory
+from seg25d.pipeline.memory import MEASURE_ENV, PeakMemory
 
 __all__ = ["bench_operators"]
 
@@ -110,12 +114,9 @@ def bench_operators(size: int = 128, directions: int = 32, repeats: int = 3, see
     rows["grid_sample_backprojection_fwd_bwd"] = _time(baseline_bp, 1)
     volume_mb = volume.numel() * 4 / 2**20
     output_mb = directions * math.prod(geometry.detector_shape) * 4 / 2**20
-    memory = {}
-    for name, op in (("mip", mip), ("radon", radon)):
-        with torch.no_grad(), PeakMemory() as peak:
-            out = op(volume)
-        del out
-        memory[name] = peak.extra_mb
+    probe = subprocess.run([sys.executable, "-m", "seg25d.pipeline.bench.operators", str(size), str(directions)],
+                           capture_output=True, text=True, check=True, env={**os.environ, **MEASURE_ENV})
+    memory = json.loads(probe.stdout.splitlines()[-1])
     result = {
         "size": size, "directions": directions, "threads": torch.get_num_threads(), "seconds": rows,
         "first_call_seconds": first_call,
@@ -131,6 +132,24 @@ def bench_operators(size: int = 128, directions: int = 32, repeats: int = 3, see
                          for k, v in memory.items()}},
     }
     return result
+
+
+def _memory_probe(size: int, directions: int) -> dict:
+    """Peak extra memory (MiB) of one MIP and one Radon projection after the tables are built; run in a
+    fresh process with ``MEASURE_ENV`` (see :mod:`seg25d.pipeline.memory`)."""
+    from seg25d.projections import MaxIntensityProjection, RayTransform, axis_geometry
+
+    volume = torch.rand(1, 1, size, size, size)
+    geometry = axis_geometry((size,) * 3, np.arange(directions) * math.pi / directions)
+    memory = {}
+    with torch.no_grad():
+        for name, op in (("mip", MaxIntensityProjection(geometry)), ("radon", RayTransform(geometry))):
+            op(volume)  # tables
+            with PeakMemory() as peak:
+                out = op(volume)
+            del out
+            memory[name] = peak.extra_mb
+    return memory
 
 
 def format_operators(result: dict) -> str:
@@ -156,3 +175,7 @@ def format_operators(result: dict) -> str:
             lines.append(f"{name}: peak extra memory {extra:.1f} MiB = output + "
                          f"{m[f'{name}_extra_beyond_output_in_volumes']:.2f} x the volume")
     return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(json.dumps(_memory_probe(int(sys.argv[1]), int(sys.argv[2]))))

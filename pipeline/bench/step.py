@@ -24,10 +24,15 @@ __all__ = ["measure", "measure_in_fresh_processes"]
 
 
 def measure(name: str, shape, options: dict | None = None, repeats: int = 3, seed: int = 0,
-            channels: tuple[int, int] = (1, 1)) -> dict:
+            channels: tuple[int, int] = (1, 1), batch: int = 16, patch=None) -> dict:
     """Median seconds and largest peak extra MiB of a training step (forward, BCE+Dice loss, backward, AdamW
-    step) and of a whole-volume inference, on a random volume of ``shape`` with a sparse random mask."""
+    step) and of a whole-volume inference, on a random volume of ``shape`` with a sparse random mask.
+
+    The training batch is what the trainer feeds the model's family: the whole volume (projection25d, and the
+    3D CNNs unless ``patch`` is given), or ``batch`` slices (2D networks) or slice stacks (slicestack25d).
+    """
     from seg25d.models import build
+    from seg25d.pipeline.data import model_family
     from seg25d.pipeline.losses import segmentation_loss
     from seg25d.pipeline.volume_inference import predict_logits
 
@@ -38,13 +43,23 @@ def measure(name: str, shape, options: dict | None = None, repeats: int = 3, see
     if options.get("scale") == "auto":
         options["scale"] = resolve_scale("auto", shape)
     model = build(name, *channels, **options)
-    x = torch.randn(1, channels[0], *shape)
-    y = (torch.rand(1, channels[1], *shape) > 0.97).float()
+    volume = torch.randn(1, channels[0], *shape)
+    family = model_family(name)
+    if family == "volume" or family == "patches" and not patch:
+        x, y_shape = volume, (1, channels[1], *shape)
+    elif family == "patches":
+        x, y_shape = torch.randn(1, channels[0], *patch), (1, channels[1], *patch)
+    else:
+        per_slice = channels[0] * (getattr(model, "slices", 1) if family == "stacks" else 1)
+        x, y_shape = torch.randn(batch, per_slice, *shape[1:]), (batch, channels[1], *shape[1:])
+    y = (torch.rand(y_shape) > 0.97).float()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        loss = segmentation_loss(model(x), y, True, "bce_dice")
+        out = model(x)
+        outs = out if isinstance(out, (list, tuple)) else [out]
+        loss = sum(segmentation_loss(o, y, True, "bce_dice") for o in outs) / len(outs)
         loss.backward()
         optimizer.step()
 
@@ -57,16 +72,16 @@ def measure(name: str, shape, options: dict | None = None, repeats: int = 3, see
             step()
             times.append(time.perf_counter() - start)
         peaks.append(mem.extra_mb)
-    predict_logits(model, x)
+    predict_logits(model, volume)
     infer_times, infer_peaks = [], []
     for _ in range(repeats):
         with PeakMemory() as mem:
             start = time.perf_counter()
-            predict_logits(model, x)
+            predict_logits(model, volume)
             infer_times.append(time.perf_counter() - start)
         infer_peaks.append(mem.extra_mb)
     return {
-        "model": name, "shape": "x".join(map(str, shape)), "options": options,
+        "model": name, "shape": "x".join(map(str, shape)), "options": options, "train_input": list(x.shape),
         "parameters": sum(p.numel() for p in model.parameters()),
         "step_seconds": statistics.median(times), "step_peak_extra_mb": max(p or 0 for p in peaks),
         "infer_seconds": statistics.median(infer_times), "infer_peak_extra_mb": max(p or 0 for p in infer_peaks),
@@ -74,17 +89,20 @@ def measure(name: str, shape, options: dict | None = None, repeats: int = 3, see
     }
 
 
-def _command(name, shape, options, repeats, channels):
+def _command(name, shape, options, repeats, channels, batch, patch):
     return [sys.executable, "-m", "seg25d.pipeline.bench.step", "--model", name, "--shape", *map(str, shape),
-            "--options", json.dumps(options or {}), "--repeats", str(repeats), "--channels", *map(str, channels)]
+            "--options", json.dumps(options or {}), "--repeats", str(repeats), "--channels", *map(str, channels),
+            "--batch", str(batch), *(["--patch", *map(str, patch)] if patch else [])]
 
 
 def measure_in_fresh_processes(name: str, shape, options: dict | None = None, repeats: int = 3,
-                               timeout: float = 1800, channels: tuple[int, int] = (1, 1)) -> dict:
+                               timeout: float = 1800, channels: tuple[int, int] = (1, 1), batch: int = 16,
+                               patch=None) -> dict:
     """Time from one fresh process, memory from another started with ``MEASURE_ENV``."""
-    timed = subprocess.run(_command(name, shape, options, repeats, channels), capture_output=True, text=True,
+    args = (channels, batch, patch)
+    timed = subprocess.run(_command(name, shape, options, repeats, *args), capture_output=True, text=True,
                            check=True, timeout=timeout)
-    sized = subprocess.run(_command(name, shape, options, 1, channels), capture_output=True, text=True, check=True,
+    sized = subprocess.run(_command(name, shape, options, 1, *args), capture_output=True, text=True, check=True,
                            timeout=timeout, env={**os.environ, **MEASURE_ENV})
     t, m = json.loads(timed.stdout.splitlines()[-1]), json.loads(sized.stdout.splitlines()[-1])
     return {**t, "step_peak_extra_mb": m["step_peak_extra_mb"], "infer_peak_extra_mb": m["infer_peak_extra_mb"]}
@@ -97,10 +115,12 @@ def main(argv=None) -> None:
     parser.add_argument("--options", default="{}", help="model options as JSON")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--channels", type=int, nargs=2, default=[1, 1], metavar=("IN", "OUT"))
+    parser.add_argument("--batch", type=int, default=16, help="slices per step for 2D models")
+    parser.add_argument("--patch", type=int, nargs=3, help="3D patch for unet3d/monai_unet")
     args = parser.parse_args(argv)
     shape = args.shape * 3 if len(args.shape) == 1 else args.shape
     print(json.dumps(measure(args.model, shape, json.loads(args.options), args.repeats,
-                             channels=tuple(args.channels))))
+                             channels=tuple(args.channels), batch=args.batch, patch=args.patch)))
 
 
 if __name__ == "__main__":
