@@ -185,8 +185,8 @@ class Projection25D(nn.Module):
         evidence = features * len(lift) + ("mip" in lift)
         if head == "paper":
             if evidence != out_channels:
-                raise ValueError("the paper head (T) needs one lifted channel per class: features=out_channels, "
-                                 "one lift")
+                raise ValueError("the paper head (T) needs one lifted channel per class: features=out_channels "
+                                 "and lift=('backproject',)")
             self.head = FineTuning(out_channels)
         else:
             self.head = VolumeHead(core_channels + evidence, out_channels, head_channels, head_layers)

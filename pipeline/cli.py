@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import shlex
 import sys
-from pathlib import Path
 
 from seg25d import __version__
 from seg25d.pipeline.errors import InputError
@@ -24,14 +22,6 @@ COMMANDS = (
     "kaggle",
     "bench",
 )
-
-
-def command_line() -> str:
-    """This process's invocation, as a shell line (recorded next to results so reports can show it)."""
-    argv = list(sys.argv)
-    if argv and Path(argv[0]).name in ("seg25d", "__main__.py"):
-        argv[0] = "seg25d"
-    return shlex.join(argv)
 
 
 def build_parser() -> argparse.ArgumentParser:

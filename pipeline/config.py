@@ -136,7 +136,7 @@ def load_config(name_or_file: str | os.PathLike | None = None, overrides: list[s
     """Resolve a configuration from a preset name or TOML file plus ``key=value`` overrides.
 
     A relative ``data.manifest`` in a TOML file is relative to that file's folder. Overriding ``model.name``
-    without touching ``model.options`` drops the options that were meant for the other model.
+    drops the options that were meant for the other model; ``model.options`` overrides then apply on top.
     """
     config = copy.deepcopy(DEFAULTS)
     if name_or_file:
@@ -155,9 +155,12 @@ def load_config(name_or_file: str | os.PathLike | None = None, overrides: list[s
         if manifest and source.parent != PRESET_DIR and not Path(manifest).is_absolute():
             config["data"]["manifest"] = str((source.parent / manifest).resolve())
     name = config["model"]["name"]
-    keys = [parse_override(text)[0] for text in overrides]
+    options = [text for text in overrides if parse_override(text)[0][:2] == ["model", "options"]]
     for text in overrides:
-        apply_override(config, text)
-    if config["model"]["name"] != name and not any(k[:2] == ["model", "options"] for k in keys):
+        if text not in options:
+            apply_override(config, text)
+    if config["model"]["name"] != name:  # the preset's options were meant for its own model
         config["model"]["options"] = {}
+    for text in options:
+        apply_override(config, text)
     return config

@@ -105,11 +105,15 @@ def split_manifest(manifest, data_config: dict, seed: int = 0) -> tuple[pd.DataF
     frame = frame[~frame.case_id.isin(exclude) & ~frame.group.isin(exclude)]
     folds = int(data_config.get("folds") or 0)
     if folds:
-        if frame.group.nunique() < folds:
-            raise InputError(manifest, f"{frame.group.nunique()} groups cannot make {folds} folds")
+        fold = int(data_config.get("fold", 0))
+        if not 0 <= fold < folds:
+            raise InputError("data.fold", f"must be in 0..{folds - 1} for {folds} folds, got {fold}")
         pool = frame[frame.split != "test"]
+        if pool.group.nunique() < folds:
+            raise InputError(manifest, f"{pool.group.nunique()} groups (outside the test split) cannot make "
+                                       f"{folds} folds")
         assign = group_folds(list(pool.group), folds, seed)
-        is_val = pool.group.map(assign) == int(data_config.get("fold", 0))
+        is_val = pool.group.map(assign) == fold
         return pool[~is_val], pool[is_val]
     train, val = frame[frame.split == "train"], frame[frame.split == "val"]
     share = float(data_config.get("val_fraction") or 0)
@@ -245,8 +249,11 @@ class BatchSampler:
 def _rotate_hw(t: torch.Tensor, angle: float, mode: str) -> torch.Tensor:
     """Rotate the trailing (H, W) plane of ``(C, [D,] H, W)`` about its centre."""
     c, s = math.cos(angle), math.sin(angle)
-    flat = t.reshape(-1, 1, *t.shape[-2:]) if t.dim() == 4 else t[None]
-    theta = torch.tensor([[c, -s, 0.0], [s, c, 0.0]], dtype=t.dtype).expand(flat.shape[0], 2, 3)
+    h, w = t.shape[-2:]
+    flat = t.reshape(-1, 1, h, w) if t.dim() == 4 else t[None]
+    # affine_grid works in coordinates normalised per axis: scale the off-diagonal terms so that the
+    # rotation is one in pixels, not a shear, when H != W
+    theta = torch.tensor([[c, -s * h / w, 0.0], [s * w / h, c, 0.0]], dtype=t.dtype).expand(flat.shape[0], 2, 3)
     grid = F.affine_grid(theta, list(flat.shape), align_corners=False)
     out = F.grid_sample(flat, grid, mode=mode, padding_mode="border" if mode == "bilinear" else "zeros",
                         align_corners=False)

@@ -12,7 +12,7 @@ class InputError(ValueError):
     per case and go on with the others.
     """
 
-    def __init__(self, where: str | os.PathLike | None, problem: str):
+    def __init__(self, where: str | os.PathLike | None, problem):
         self.where = None if where is None else str(where)
-        self.problem = problem
+        self.problem = problem = " ".join(str(problem).split()) or "error"
         super().__init__(problem if where is None else f"{where}: {problem}")

@@ -18,7 +18,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from seg25d.pipeline.atomic import full_suffix, write_csv, write_json
-from seg25d.pipeline.cli import command_line
+from seg25d.pipeline.provenance import command_line
 from seg25d.pipeline.errors import InputError
 from seg25d.pipeline.io import SUPPORTED_EXTENSIONS, read_volume
 from seg25d.pipeline.manifest import LabelSpec, read_label_spec, read_manifest, sidecar_path

@@ -268,8 +268,8 @@ def assign_splits(manifest: str | os.PathLike, out: str | os.PathLike, val: floa
     if "train" not in split.values():
         raise InputError(manifest, "no group left for training; lower --val/--test")
     frame = frame.assign(split=frame.group.map(split))
-    write_manifest(out, frame)
     spec = read_label_spec(manifest)
     if spec is not None:
         write_label_spec(out, spec)
+    write_manifest(out, frame)
     return frame

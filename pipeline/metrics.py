@@ -51,7 +51,7 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["EMPTY_POLICIES", "METRICS", "binary_metrics", "surface_distances", "hd95", "summarize"]
+__all__ = ["EMPTY_POLICIES", "METRICS", "binary_metrics", "surface_distances", "hd95", "summarize", "dice_per_class"]
 
 EMPTY_POLICIES = ("nan", "one")
 METRICS = ("dice", "iou", "precision", "sensitivity", "specificity", "hd95", "volume_pred_ml", "volume_true_ml")
@@ -208,3 +208,11 @@ def _union_box(pred: np.ndarray, true: np.ndarray) -> tuple[slice, ...]:
 def _pad_one(mask: np.ndarray) -> np.ndarray:
     """Zero margin of one voxel; erosion treats outside as background, so edges are unchanged."""
     return np.pad(mask, 1, mode="constant", constant_values=False)
+
+
+def dice_per_class(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """Hard Dice per class of ``(K, ...)`` masks; both empty counts as 1."""
+    axes = tuple(range(1, pred.ndim))
+    inter = np.logical_and(pred, true).sum(axes)
+    total = pred.sum(axes) + true.sum(axes)
+    return np.where(total == 0, 1.0, 2.0 * inter / np.maximum(total, 1))

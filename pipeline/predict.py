@@ -28,13 +28,12 @@ from tqdm import tqdm
 
 from seg25d.pipeline.atomic import full_suffix, write_csv, write_json
 from seg25d.pipeline.checkpoint import load_checkpoint, load_model
-from seg25d.pipeline.cli import command_line
+from seg25d.pipeline.provenance import command_line
 from seg25d.pipeline.errors import InputError
 from seg25d.pipeline.io import read_volume, write_mask, write_volume
 from seg25d.pipeline.manifest import LabelSpec, read_manifest
 from seg25d.pipeline.preprocess import Preprocessing
-from seg25d.pipeline.training import probabilities_to_masks
-from seg25d.pipeline.volume_inference import predict_probabilities
+from seg25d.pipeline.volume_inference import predict_probabilities, probabilities_to_masks
 
 __all__ = ["Predictor", "PredictionJob", "predict_batch", "jobs_from_manifest", "jobs_from_inputs"]
 

@@ -33,7 +33,7 @@ from tqdm import tqdm
 from seg25d.models import build
 from seg25d.models.projection25d import Projection25D, resolve_scale
 from seg25d.pipeline.atomic import write_csv, write_json
-from seg25d.pipeline.cli import command_line
+from seg25d.pipeline.provenance import command_line
 from seg25d.pipeline.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from seg25d.pipeline.data import BatchSampler, Case, Task, load_cases, model_family, split_manifest, step_generator, task_for
 from seg25d.pipeline.errors import InputError
@@ -41,9 +41,10 @@ from seg25d.pipeline.losses import segmentation_loss
 from seg25d.pipeline.memory import PeakMemory
 from seg25d.pipeline.manifest import LabelSpec
 from seg25d.pipeline.preprocess import Preprocessing
-from seg25d.pipeline.volume_inference import predict_probabilities
+from seg25d.pipeline.metrics import dice_per_class
+from seg25d.pipeline.volume_inference import predict_probabilities, probabilities_to_masks
 
-__all__ = ["train", "TrainResult", "probabilities_to_masks", "dice_per_class", "SCHEDULES"]
+__all__ = ["train", "TrainResult", "SCHEDULES"]
 
 log = logging.getLogger(__name__)
 SCHEDULES = ("path1", "path1_then_path2", "alternate")
@@ -53,27 +54,14 @@ SCHEDULES = ("path1", "path1_then_path2", "alternate")
 class TrainResult:
     out_dir: Path
     steps: int
-    best_score: float
+    best_score: float | None  # best mean validation Dice (None without validation cases)
     last_checkpoint: Path
     best_checkpoint: Path | None
     stopped_by_time: bool
 
-
-def probabilities_to_masks(probs: np.ndarray, sigmoid: bool, threshold: float = 0.5) -> np.ndarray:
-    """Per-class probabilities ``(K, ...)`` -> boolean masks: threshold (sigmoid) or argmax with background."""
-    if sigmoid:
-        return probs >= threshold
-    full = np.concatenate([1.0 - probs.sum(axis=0, keepdims=True), probs])
-    winner = full.argmax(axis=0)
-    return np.stack([winner == k + 1 for k in range(probs.shape[0])])
-
-
-def dice_per_class(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
-    """Hard Dice per class of ``(K, ...)`` masks; both empty counts as 1."""
-    axes = tuple(range(1, pred.ndim))
-    inter = np.logical_and(pred, true).sum(axes)
-    total = pred.sum(axes) + true.sum(axes)
-    return np.where(total == 0, 1.0, 2.0 * inter / np.maximum(total, 1))
+    @property
+    def validated(self) -> bool:
+        return self.best_score is not None
 
 
 class _Distributed:
@@ -164,7 +152,7 @@ class _Trainer:
         except ValueError as err:
             raise InputError("model", str(err)) from None
         self.family = model_family(mc["name"])
-        if getattr(self.model, "padding", "same") == "valid":
+        if "valid" in (getattr(self.model, "padding", None), getattr(getattr(self.model, "net", None), "padding", None)):
             raise InputError("model.options.padding", "valid convolutions give outputs smaller than the labels; "
                                                       "train with padding='same' (valid nets are for overlap-tile "
                                                       "inference)")
@@ -173,11 +161,10 @@ class _Trainer:
             need = "bce_dice or dice" if self.task.sigmoid else "ce_dice or dice"
             raise InputError("loss.kind", f"{lc['kind']} does not fit {'multi-label/binary sigmoid' if self.task.sigmoid else 'exclusive softmax'} "
                                           f"outputs of classes {', '.join(self.task.classes)}; use {need}")
-        opts = self.model.config["options"]
         stack = (getattr(self.model, "slices", 1), getattr(self.model, "stride", 1), getattr(self.model, "edge", "clamp"))
         self.sampler = BatchSampler(self.train_cases, self.family, config, stack=stack)
         self.projection = isinstance(self.model, Projection25D)
-        self.step, self.best, self.elapsed, self.path2_started = 0, -1.0, 0.0, False
+        self.step, self.best, self.elapsed, self.path2_started = 0, -math.inf, 0.0, False
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=float(tc["lr"]),
                                            weight_decay=float(tc["weight_decay"]))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -189,7 +176,6 @@ class _Trainer:
         elif self.dist.main and (self.out_dir / "last.pt").exists():
             raise InputError(self.out_dir, "holds a run already (last.pt); use --resume to continue or another --out")
         self.ddp = (torch.nn.parallel.DistributedDataParallel(self.model) if self.dist.enabled else None)
-        del opts
 
     # --- state ----------------------------------------------------------------------------------------------
     def _payload(self) -> dict:
@@ -359,6 +345,9 @@ class _Trainer:
                    disable=not (self.dist.main and tc["progress"]), dynamic_ncols=True)
         checkpoint_every, val_every = int(tc["checkpoint_every"]), int(tc["val_every"])
         while self.step < max_steps:
+            if self.dist.any(bool(limit) and self.elapsed >= limit):  # a resumed run whose time is up
+                stopped_by_time = True
+                break
             start = time.perf_counter()
             path = self._path()
             with PeakMemory() as memory:
@@ -390,7 +379,7 @@ class _Trainer:
                 break
         bar.close()
         best = self.out_dir / "best.pt"
-        return TrainResult(self.out_dir, self.step, self.best, self.out_dir / "last.pt",
+        return TrainResult(self.out_dir, self.step, self.best if self.val_cases else None, self.out_dir / "last.pt",
                            best if best.exists() else None, stopped_by_time)
 
 

@@ -16,7 +16,7 @@ from seg25d.models.projection25d import Projection25D
 from seg25d.models.slicestack import SliceStack25D
 from seg25d.pipeline.inference import overlap_tile_2d, sliding_window_3d
 
-__all__ = ["predict_logits", "predict_probabilities", "logits_to_probabilities"]
+__all__ = ["predict_logits", "predict_probabilities", "logits_to_probabilities", "probabilities_to_masks"]
 
 
 def _is_3d(model: torch.nn.Module) -> bool:
@@ -71,3 +71,12 @@ def predict_probabilities(model: torch.nn.Module, image: np.ndarray, sigmoid: bo
         probs = probs.flip(dims) if dims else probs
         total = probs if total is None else total + probs
     return (total / len(flips))[0].numpy()
+
+
+def probabilities_to_masks(probs: np.ndarray, sigmoid: bool, threshold: float = 0.5) -> np.ndarray:
+    """Per-class probabilities ``(K, ...)`` -> boolean masks: threshold (sigmoid) or argmax with background."""
+    if sigmoid:
+        return probs >= threshold
+    full = np.concatenate([1.0 - probs.sum(axis=0, keepdims=True), probs])
+    winner = full.argmax(axis=0)
+    return np.stack([winner == k + 1 for k in range(probs.shape[0])])

@@ -154,3 +154,23 @@ def test_every_preset_file_is_valid():
     for path in PRESET_DIR.glob("*.toml"):
         config = load_config(path.stem)
         assert set(config) == set(DEFAULTS)
+
+
+def test_relative_manifest_in_a_toml_file_is_relative_to_the_file(tmp_path, monkeypatch):
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    (folder / "run.toml").write_text('[data]\nmanifest = "../data/manifest.csv"\n')
+    monkeypatch.chdir(tmp_path / "configs")
+    expected = str((tmp_path / "data" / "manifest.csv").resolve())
+    assert load_config(folder / "run.toml")["data"]["manifest"] == expected
+    monkeypatch.chdir(tmp_path)
+    assert load_config(folder / "run.toml")["data"]["manifest"] == expected
+
+
+def test_a_new_model_name_drops_the_presets_model_options():
+    config = load_config("gi", ["model.name=projection25d"])
+    assert config["model"] == {"name": "projection25d", "options": {}}
+    config = load_config("gi", ["model.options.scale=2", "model.name=projection25d"])  # options apply on top
+    assert config["model"]["options"] == {"scale": 2}
+    config = load_config("gi", ["model.options.stride=1"])  # same model: the preset's options stay
+    assert config["model"]["options"]["stride"] == 1 and config["model"]["options"]["slices"] == 3

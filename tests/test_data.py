@@ -466,6 +466,37 @@ def test_rotation_moves_image_and_mask_together():
         assert agree > 0.97
 
 
+def test_rotation_is_a_rotation_on_non_square_slices():
+    """A disc stays a disc (not an ellipse) when a 20 x 40 slice is rotated by 90 degrees: the rotation acts
+    in pixels, checked against scipy's rotation of the same mask."""
+    from scipy import ndimage
+
+    from seg25d.pipeline.data import _rotate_hw
+
+    h, w = 20, 40
+    yy, xx = np.mgrid[:h, :w]
+    disc = (((yy - 9.5) ** 2 + (xx - 24.5) ** 2) <= 16).astype(np.float32)
+    ours = _rotate_hw(torch.from_numpy(disc)[None], np.pi / 2, "nearest")[0].numpy()
+    assert ours.sum() == disc.sum()  # area kept: no shear, no stretch
+    assert (ours != ndimage.rotate(disc, 90, reshape=False, order=0)).sum() == 0  # a positive angle, as scipy's
+
+
+def test_fold_settings_are_checked(tmp_path):
+    from seg25d.pipeline.data import split_manifest
+    from seg25d.pipeline.manifest import write_manifest
+
+    rows = [{"case_id": f"c{i}", "image": "x.nii.gz", "label": "y.nii.gz", "split": "test" if i < 2 else "train",
+             "group": f"g{i}"} for i in range(5)]
+    manifest = tmp_path / "m.csv"
+    write_manifest(manifest, rows)
+    with pytest.raises(InputError, match="data.fold"):
+        split_manifest(manifest, {"folds": 3, "fold": 3})
+    with pytest.raises(InputError, match="outside the test split"):  # 3 groups left after the test split
+        split_manifest(manifest, {"folds": 4, "fold": 0})
+    train, val = split_manifest(manifest, {"folds": 3, "fold": 1})
+    assert len(val) == 1 and len(train) == 2 and "test" not in set(train.split) | set(val.split)
+
+
 # --- preprocessing -------------------------------------------------------------------------------------------
 
 def _images(seed=0):

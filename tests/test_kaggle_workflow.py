@@ -253,7 +253,7 @@ def test_workflow_keys_cannot_be_overridden(override, match):
 def test_fold_config_layers():
     config = workflow.build_fold_config("gi", ["model.name=projection25d", "data.exclude=['case3']",
                                                "train.seed=5"], "m.csv", 4, exclude=["case1_day2"], seed=2)
-    assert config["model"]["name"] == "projection25d"
+    assert config["model"] == {"name": "projection25d", "options": {}}  # the slice-stack options are dropped
     assert config["data"]["manifest"] == "m.csv" and config["data"]["folds"] == 4
     assert config["data"]["exclude"] == ["case1_day2", "case3"]
     assert config["train"]["seed"] == 5  # --set wins over --seed

@@ -393,3 +393,47 @@ def test_check_real_data(realdata, tmp_path, capsys):
     write_manifest(manifest, rows)
     code, output = run_check(capsys, manifest)
     assert code == 1 and "differs from image shape" in output
+
+
+# --- assign_splits / seg25d manifest split ----------------------------------------------------------------------
+
+def _grouped_manifest(tmp_path, groups=8, per_group=3):
+    from seg25d.pipeline.manifest import LabelSpec, write_label_spec, write_manifest
+
+    rows = [{"case_id": f"g{g}_c{c}", "image": str(tmp_path / f"g{g}_c{c}.nii.gz"), "label": "", "split": "train",
+             "group": f"g{g}"} for g in range(groups) for c in range(per_group)]
+    path = tmp_path / "all.csv"
+    write_manifest(path, rows)
+    write_label_spec(path, LabelSpec(("a", "b"), (1, 2), "bitmask"))
+    return path
+
+
+def test_assign_splits_by_group(tmp_path):
+    from seg25d.pipeline.manifest import assign_splits, read_label_spec
+
+    source = _grouped_manifest(tmp_path)
+    frame = assign_splits(source, tmp_path / "split.csv", val=0.15, test=0.25, seed=0)
+    assert set(frame.split) == {"train", "val", "test"}
+    assert (frame.groupby("group").split.nunique() == 1).all()  # no group straddles two splits
+    shares = frame.split.value_counts(normalize=True)
+    assert 0.2 <= shares["test"] <= 0.4 and 0.1 <= shares["val"] <= 0.3
+    written = read_manifest(tmp_path / "split.csv")
+    assert list(written.split) == list(frame.split)
+    assert read_label_spec(tmp_path / "split.csv") == read_label_spec(source)
+    again = assign_splits(source, tmp_path / "again.csv", val=0.15, test=0.25, seed=0)
+    assert list(again.split) == list(frame.split)  # seeded
+    other = assign_splits(source, tmp_path / "other.csv", val=0.15, test=0.25, seed=1)
+    assert list(other.split) != list(frame.split)
+
+
+def test_assign_splits_needs_a_training_group(tmp_path, capsys):
+    from seg25d.pipeline.cli import main as cli_main
+
+    source = _grouped_manifest(tmp_path, groups=2, per_group=1)
+    assert cli_main(["manifest", "split", str(source), "--out", str(tmp_path / "s.csv"), "--val", "0.3",
+                     "--test", "0.3"]) == 2
+    assert "cannot fill the requested splits" in capsys.readouterr().err
+    source = _grouped_manifest(tmp_path, groups=3, per_group=1)
+    assert cli_main(["manifest", "split", str(source), "--out", str(tmp_path / "s.csv"), "--val", "0.3",
+                     "--test", "0.3"]) == 0
+    assert "wrote" in capsys.readouterr().out

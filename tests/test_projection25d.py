@@ -58,6 +58,9 @@ def test_presets_full_size_shapes(preset):
     ({"head": "paper", "features": 2, "lift": ("backproject",), "mode": "radon"}, 2, 1),
     ({"head": "paper", "features": 2, "lift": ("backproject",), "axes": (1,)}, 2, 2),
     ({"filter_per_view": True, "filter_init": "ramp"}, 1, 1),
+    ({"scale": 2}, 2, 1),
+    ({"scale": 2, "lift": ("backproject",)}, 1, 1),  # no MIP lifting: no full-resolution evidence
+    ({"scale": 2, "mode": "radon"}, 2, 2),
 ])
 def test_output_shapes(options, out_channels, in_channels):
     model = _tiny(out_channels, in_channels, **options)
@@ -114,7 +117,7 @@ def test_invalid_options(options, match):
 
 
 @pytest.mark.parametrize("options", [{}, {"mode": "radon"}, {"lift": ("mip",)}, {"features": 3, "axes": (0, 1)},
-                                     {"preset": "paper"}])
+                                     {"preset": "paper"}, {"scale": 2}])
 def test_path1_every_parameter_gets_gradient(options):
     model = _tiny(2, **options)
     if model.filtration is not None and model.filtration.weight.shape[0] > 1:
@@ -171,12 +174,12 @@ def test_training_forward_reproducible_under_manual_seed():
 def _split_state(model):
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     unet = {k: v for k, v in state.items() if k.startswith("unet.")}
-    rest = {k: v for k, v in state.items() if k.startswith(("filtration.", "head."))}
+    rest = {k: v for k, v in state.items() if k.startswith(("filtration.", "head.", "refinement."))}
     assert len(unet) + len(rest) == len(state)
     return unet, rest
 
 
-@pytest.mark.parametrize("options", [{}, {"preset": "paper"}, {"lift": ("mip",)}])
+@pytest.mark.parametrize("options", [{}, {"preset": "paper"}, {"lift": ("mip",)}, {"scale": 2}])
 def test_path2_trains_only_filtration_and_head(options):
     model = _tiny(2, **options)
     model.train()
@@ -264,3 +267,44 @@ def test_project_labels_binary(axes):
     seen = model.project_labels(one, views)
     assert set(torch.unique(seen).tolist()) == {0.0, 1.0}
     assert seen.flatten(3).amax(-1).all()
+
+
+def test_resolve_scale_by_volume_size():
+    from seg25d.models.projection25d import AUTO_SCALE_VOXELS, resolve_scale
+
+    assert resolve_scale("auto", (64, 96, 96)) == 1
+    assert resolve_scale("auto", (128, 128, 128)) == 2
+    assert resolve_scale("auto", (AUTO_SCALE_VOXELS, 1, 1)) == 1 and resolve_scale("auto", (AUTO_SCALE_VOXELS + 1, 1, 1)) == 2
+    assert resolve_scale(2, (8, 8, 8)) == 2
+    with pytest.raises(ValueError, match="resolved from the volume size"):
+        build("projection25d", 1, 1, scale="auto")
+
+
+@pytest.mark.parametrize("shape", [(8, 12, 10), (9, 13, 11)])  # odd sizes are padded to even and cropped back
+def test_scale2_works_on_a_half_resolution_grid(shape):
+    model = _tiny(1, scale=2).eval()
+    x = torch.randn(1, 1, *shape)
+    core = model.core_input(x)
+    assert core.shape == (1, 2, *((n + 1) // 2 for n in shape))  # average- and max-pooled
+    assert torch.equal(core[:, 1], torch.nn.functional.max_pool3d(
+        torch.nn.functional.pad(x, [p for n in reversed(shape) for p in (0, n % 2)], mode="replicate"), 2)[:, 0])
+    features, argmax, views, fine_argmax = model.encode(x, model.all_views())
+    assert features.shape[-2:] == model.geometry(core.shape[2:]).detector_shape
+    assert fine_argmax is not None  # MIP lifting at scale 2 also lifts onto the full grid
+    with torch.no_grad():
+        assert model(x).shape == (1, 1, *shape)
+    labels = (torch.rand(1, 1, *shape) > 0.9).float()
+    targets = model.project_labels(labels, views)
+    assert targets.shape[-2:] == features.shape[-2:] and set(targets.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_scale2_refinement_starts_from_the_upsampled_logits():
+    """The refinement's layer starts at zero: the output is the trilinear upsampling of the coarse logits."""
+    model = _tiny(1, scale=2).eval()
+    x = torch.randn(1, 1, 8, 12, 10)
+    coarse = torch.randn(1, 1, 4, 6, 5)
+    up = torch.nn.functional.interpolate(coarse, scale_factor=2, mode="trilinear", align_corners=False)
+    torch.testing.assert_close(model.refinement(coarse, x), up)
+    with torch.no_grad():
+        model.refinement.weight[0, 0] = 2.0  # the input's weight
+    torch.testing.assert_close(model.refinement(coarse, x), up + 2.0 * x)

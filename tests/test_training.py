@@ -424,3 +424,27 @@ def test_torchrun_two_processes(manifest, tmp_path):
     assert list(metrics.step) == list(range(steps))
     assert list(metrics.path) == [1, 1, 2, 2]
     assert np.isfinite(metrics.loss).all()
+
+
+def test_training_without_validation_cases_keeps_the_lowest_loss(manifest, tmp_path, no_curves, capsys):
+    """No val split: best.pt still exists (lowest training loss) and the summary says there was no validation."""
+    frame = pd.read_csv(manifest)
+    frame.loc[frame.split == "val", "split"] = "test"
+    alone = manifest.parent / "no_val.csv"
+    frame.to_csv(alone, index=False)
+    (manifest.parent / "no_val.json").write_text((manifest.parent / "manifest.json").read_text())
+    out = tmp_path / "run"
+    assert main(_cli(out, _sets(alone, *MODELS["unet2d"]))) == 0
+    assert (out / "best.pt").exists()
+    assert "no validation cases" in capsys.readouterr().out
+
+
+def test_resume_refuses_other_data_model_or_loss_settings(manifest, tmp_path, no_curves, capsys):
+    out = tmp_path / "run"
+    sets = _sets(manifest, *MODELS["unet2d"], steps=2)
+    assert main(_cli(out, sets)) == 0
+    assert main(_cli(out, [*sets, "loss.dice_weight=2.0", "data.normalize='zscore'"], "--resume")) == 2
+    err = capsys.readouterr().err
+    assert "data.normalize" in err and "loss.dice_weight" in err
+    assert main(_cli(out, [*sets[:1], "train.max_steps=3", *sets[2:]], "--resume")) == 0  # train.* may change
+    assert len(pd.read_csv(out / "metrics.csv")) == 3

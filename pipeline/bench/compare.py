@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from seg25d.pipeline.atomic import write_csv, write_json, write_text
+from seg25d.pipeline.errors import InputError
 
 __all__ = ["bench_compare", "run_entries", "DEFAULT_MODELS", "markdown_table"]
 
@@ -49,7 +50,11 @@ def _train(model: str, options: dict | None, manifest: Path, run_dir: Path, minu
     for item in extra:
         cmd += ["--set", item]
     start = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=(run_dir.parent / "train.log").open("w"))
+    log_path = run_dir.parent / "train.log"
+    with log_path.open("w") as err:
+        done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=err)
+    if done.returncode:
+        raise InputError(log_path, f"training {model} failed (exit {done.returncode}); see this log")
     return time.perf_counter() - start
 
 
@@ -163,9 +168,9 @@ def _step_memory(checkpoint: Path, manifest: Path) -> dict:
 
 
 def _parameters(checkpoint: Path) -> int:
-    from seg25d.pipeline.checkpoint import load_checkpoint
+    from seg25d.pipeline.checkpoint import load_model
 
-    return int(sum(t.numel() for t in load_checkpoint(checkpoint)["model_state"].values() if t.is_floating_point()))
+    return int(sum(p.numel() for p in load_model(checkpoint).parameters()))
 
 
 def markdown_table(frame: pd.DataFrame, budget_minutes: float) -> str:

@@ -2,10 +2,9 @@
 
 Perfect per-view masks (the binarised MIP of the true mask) are lifted back two ways: the visual hull (a
 voxel is kept when every view's mask, grown by one detector cell, covers it: the averaged backprojection
-reaches 1) and MIP lifting (a
-voxel is kept when it is the brightest voxel of a ray whose view mask is on, i.e. ``lift`` of the masks at
-the image's own maxima). Their Dice against the true mask is the ceiling a projection network with that
-lifting and those directions faces before any learning.
+reaches 1) and MIP lifting (a voxel is kept when it is the brightest voxel of a ray whose view mask is on,
+i.e. ``lift`` of the masks at the image's own maxima). Their Dice against the true mask is the ceiling a
+projection network with that lifting and those directions faces before any learning.
 """
 
 from __future__ import annotations
@@ -13,8 +12,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from seg25d.pipeline.errors import InputError
 from seg25d.pipeline.io import read_volume
 from seg25d.pipeline.manifest import read_label_spec, read_manifest
+from seg25d.pipeline.metrics import dice_per_class
 
 __all__ = ["bench_oracle", "DIRECTION_SETS"]
 
@@ -30,8 +31,7 @@ def _geometry(kind, axes, n, shape):
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = a.sum() + b.sum()
-    return 1.0 if total == 0 else float(2 * np.logical_and(a, b).sum() / total)
+    return float(dice_per_class(a[None], b[None])[0])
 
 
 @torch.no_grad()
@@ -42,6 +42,8 @@ def bench_oracle(manifest, split: str = "test", sets=None) -> list[dict]:
     spec = read_label_spec(manifest)
     frame = read_manifest(manifest)
     frame = frame[(frame.split == split) & frame.label.notna()]
+    if frame.empty:
+        raise InputError(manifest, f"no labelled cases in split {split!r}")
     rows = []
     for name, (kind, axes, n) in (sets or DIRECTION_SETS).items():
         hull, lifted, both = [], [], []

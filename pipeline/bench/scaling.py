@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from seg25d.pipeline.memory import MEASURE_ENV
 
 __all__ = ["bench_scaling", "SCALING_MODELS", "physical_memory_gb"]
 
-# MONAI's UNet as the issue specifies it: channels 16-32-64-128-256, strides 2, two residual units.
+# MONAI's UNet with channels 16-32-64-128-256, strides 2, two residual units; projection25d's scale by size.
 SCALING_MODELS = {
     "projection25d": {"scale": "auto"},
     "unet3d": {},
@@ -46,23 +47,26 @@ def _rss_mb(pid: int) -> float:
 
 def _watch(cmd: list[str], env: dict, limit_mb: float, timeout: float) -> tuple[dict | None, str]:
     """Run ``cmd`` while watching its resident memory; ``(json result, status)``."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **env})
-    start = time.time()
-    while proc.poll() is None:
-        if _rss_mb(proc.pid) > limit_mb:
-            proc.kill()
-            proc.wait()
-            return None, f"exceeds the memory limit ({limit_mb / 1024:.0f} GiB)"
-        if time.time() - start > timeout:
-            proc.kill()
-            proc.wait()
-            return None, f"slower than the {timeout:.0f} s limit"
-        time.sleep(0.05)
-    out, err = proc.communicate()
+    # output to files: a pipe the watcher does not read could fill up and stall the child
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, env={**os.environ, **env})
+        start = time.time()
+        while proc.poll() is None:
+            if _rss_mb(proc.pid) > limit_mb:
+                proc.kill()
+                proc.wait()
+                return None, f"exceeds the memory limit ({limit_mb / 1024:.0f} GiB)"
+            if time.time() - start > timeout:
+                proc.kill()
+                proc.wait()
+                return None, f"slower than the {timeout:.0f} s limit"
+            time.sleep(0.05)
+        out.seek(0), err.seek(0)
+        stdout, stderr = out.read(), err.read()
     if proc.returncode != 0:
-        last = (err.strip().splitlines() or ["?"])[-1]
+        last = (stderr.strip().splitlines() or ["?"])[-1]
         return None, "out of memory" if "memory" in last.lower() else f"failed: {last}"
-    return json.loads(out.strip().splitlines()[-1]), "ok"
+    return json.loads(stdout.strip().splitlines()[-1]), "ok"
 
 
 def _run(model: str, size: int, options: dict, limit_mb: float, timeout: float, repeats: int) -> dict:

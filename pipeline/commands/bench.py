@@ -11,9 +11,9 @@ def register(subparsers) -> None:
     sub.required = True
 
     ops = sub.add_parser("operators", help="projectors against scipy/grid_sample baselines")
-    ops.add_argument("--size", type=int, default=128)
-    ops.add_argument("--directions", type=int, default=32)
-    ops.add_argument("--repeats", type=int, default=3)
+    ops.add_argument("--size", type=int, default=128, help="cube size in voxels (default 128)")
+    ops.add_argument("--directions", type=int, default=32, help="angles about D (default 32)")
+    ops.add_argument("--repeats", type=int, default=3, help="timed repeats; the median is reported")
     ops.add_argument("--out", type=Path, help="JSON file for the results")
     ops.set_defaults(func=_operators)
 
@@ -24,36 +24,37 @@ def register(subparsers) -> None:
     models.set_defaults(func=_models)
 
     compare = sub.add_parser("compare", help="train every model under the same time budget, then test")
-    compare.add_argument("--manifest", type=Path, required=True)
-    compare.add_argument("--budget-minutes", type=float, required=True)
+    compare.add_argument("--manifest", type=Path, required=True, help="manifest with train, val and test splits")
+    compare.add_argument("--budget-minutes", type=float, required=True, help="training time per model")
     compare.add_argument("--models", nargs="+", help="default: projection25d slicestack25d unet2d unet3d monai_unet")
-    compare.add_argument("--out", type=Path, required=True)
-    compare.add_argument("--seed", type=int, default=0)
+    compare.add_argument("--out", type=Path, required=True, help="folder for runs and compare.csv/json/md")
+    compare.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     compare.add_argument("--config", default="vessels", help="training preset or TOML (default: vessels)")
     compare.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                          help="extra config override for every model")
     compare.set_defaults(func=_compare)
 
     ablation = sub.add_parser("ablation", help="the steps from the seed's model to the default, each trained")
-    ablation.add_argument("--manifest", type=Path, required=True)
-    ablation.add_argument("--budget-minutes", type=float, required=True)
-    ablation.add_argument("--out", type=Path, required=True)
-    ablation.add_argument("--seed", type=int, default=0)
+    ablation.add_argument("--manifest", type=Path, required=True, help="manifest with train, val and test splits")
+    ablation.add_argument("--budget-minutes", type=float, required=True, help="training time per entry")
+    ablation.add_argument("--out", type=Path, required=True, help="folder for runs and ablation.csv/json/md")
+    ablation.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     ablation.set_defaults(func=_ablation)
 
     oracle = sub.add_parser("oracle", help="Dice of perfect view masks lifted back, per direction set")
-    oracle.add_argument("--manifest", type=Path, required=True)
-    oracle.add_argument("--split", default="test", choices=("train", "val", "test"))
+    oracle.add_argument("--manifest", type=Path, required=True, help="manifest with labels")
+    oracle.add_argument("--split", default="test", choices=("train", "val", "test"), help="cases to use (default test)")
     oracle.add_argument("--out", type=Path, help="CSV file for the results")
     oracle.set_defaults(func=_oracle)
 
     scaling = sub.add_parser("scaling", help="step time and memory against cube size, a fresh process each")
-    scaling.add_argument("--sizes", type=int, nargs="+", default=[64, 96, 128, 192, 256])
+    scaling.add_argument("--sizes", type=int, nargs="+", default=[64, 96, 128, 192, 256],
+                         help="cube sizes (default 64 96 128 192 256)")
     scaling.add_argument("--models", nargs="+", help="default: projection25d unet3d monai_unet")
-    scaling.add_argument("--out", type=Path, required=True)
+    scaling.add_argument("--out", type=Path, required=True, help="folder for scaling.csv/json/png")
     scaling.add_argument("--memory-limit-gb", type=float, help="stop a run above this resident memory "
                                                                 "(default: min(16, 75%% of RAM))")
-    scaling.add_argument("--repeats", type=int, default=2)
+    scaling.add_argument("--repeats", type=int, default=2, help="timed repeats per size; the median is reported")
     scaling.set_defaults(func=_scaling)
 
 

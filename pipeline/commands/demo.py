@@ -11,7 +11,7 @@ def register(subparsers) -> None:
     parser.add_argument("--out", type=Path, default=Path("seg25d_demo"), help="output folder (default: seg25d_demo)")
     parser.add_argument("--minutes", type=float, default=8.0, help="training time budget (default: 8)")
     parser.add_argument("--cases", type=int, default=16, help="synthetic volumes to generate (default: 16)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the data and the training (default 0)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a training config key (see seg25d train)")
     parser.set_defaults(func=_demo)

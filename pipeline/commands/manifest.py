@@ -15,11 +15,11 @@ def register(subparsers) -> None:
                        help="declare index classes instead of the sidecar JSON, e.g. vessel=1")
     check.set_defaults(func=_check)
     split = sub.add_parser("split", help="write a copy with train/val/test splits drawn by group, seeded")
-    split.add_argument("manifest", type=Path)
+    split.add_argument("manifest", type=Path, help="manifest CSV; group (or case_id) keeps related cases together")
     split.add_argument("--out", type=Path, required=True, help="new manifest CSV (its class sidecar is copied)")
     split.add_argument("--val", type=float, default=0.15, help="share of cases for validation (default 0.15)")
     split.add_argument("--test", type=float, default=0.25, help="share of cases for testing (default 0.25)")
-    split.add_argument("--seed", type=int, default=0)
+    split.add_argument("--seed", type=int, default=0, help="seed of the group shuffle (default 0)")
     split.set_defaults(func=_split)
 
 

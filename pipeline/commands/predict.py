@@ -22,8 +22,11 @@ def register(subparsers) -> None:
 def _predict(args) -> int:
     import os
 
+    from seg25d.pipeline.errors import InputError
     from seg25d.pipeline.predict import jobs_from_inputs, jobs_from_manifest, predict_batch
 
+    if args.split and not args.manifest:
+        raise InputError("--split", "selects manifest rows; it does not apply to --input")
     jobs = jobs_from_manifest(args.manifest, args.split) if args.manifest else jobs_from_inputs(args.input)
     report = predict_batch(args.model, jobs, args.out, args.probabilities, args.tta, args.overwrite)
     if int(os.environ.get("RANK", "0")) == 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
@@ -21,8 +22,10 @@ def _train(args) -> int:
 
     config = load_config(args.config, args.overrides)
     result = train(config, args.out, resume=args.resume)
-    if int(__import__("os").environ.get("RANK", "0")) == 0:
+    if int(os.environ.get("RANK", "0")) == 0:
         note = " (stopped by train.max_minutes)" if result.stopped_by_time else ""
-        print(f"trained {result.steps} steps{note}; best validation Dice {result.best_score:.4f}")
+        best = (f"best validation Dice {result.best_score:.4f}" if result.validated
+                else "no validation cases: best.pt holds the lowest training loss")
+        print(f"trained {result.steps} steps{note}; {best}")
         print(f"checkpoints: {result.last_checkpoint}" + (f", {result.best_checkpoint}" if result.best_checkpoint else ""))
     return 0

@@ -19,7 +19,9 @@ import numpy as np
 
 from seg25d.pipeline.atomic import atomic_path, full_suffix
 from seg25d.pipeline.errors import InputError
-from seg25d.pipeline.io.base import Volume, VolumeIO, VolumeMeta, same_geometry, synthetic_meta
+from seg25d.pipeline.io.base import (
+    Volume, VolumeIO, VolumeMeta, itk_geometry_from_ras, same_geometry, synthetic_meta,
+)
 from seg25d.pipeline.io.nifti import NibabelIO
 from seg25d.pipeline.io.sitk import SimpleITKIO
 
@@ -67,6 +69,8 @@ def write_volume(path: str | os.PathLike, array: np.ndarray, meta: VolumeMeta) -
         raise ValueError(f"{path}: array shape {array.shape} differs from the geometry's {tuple(meta.shape)}")
     if array.dtype == bool:
         array = array.astype(np.uint8)
+    if _backend(path) is _SITK:  # orthogonal directions only; checked here so that errors name the target
+        itk_geometry_from_ras(meta.affine, path)
     if full_suffix(path).lower() in _DETACHED_HEADER:
         _write_detached(path, array, meta)
         return path

@@ -39,7 +39,7 @@ class SimpleITKIO(VolumeIO):
         except InputError:
             raise
         except Exception as err:
-            raise InputError(path, f"cannot read image ({str(err).strip().splitlines()[-1]})") from None
+            raise InputError(path, f"cannot read image ({(str(err).strip().splitlines() or ['?'])[-1]})") from None
         if img.GetNumberOfComponentsPerPixel() != 1:
             raise InputError(path, f"expected a scalar volume, got {img.GetNumberOfComponentsPerPixel()} components per voxel")
         if img.GetDimension() == 4 and img.GetSize()[3] == 1:

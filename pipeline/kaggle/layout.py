@@ -355,7 +355,7 @@ def load_case_day(case_day: CaseDay, labels: pd.DataFrame | None = None) -> Case
         try:
             itk = sitk.ReadImage(str(sf.path))
         except RuntimeError as err:
-            raise InputError(sf.path, f"cannot read PNG: {str(err).strip().splitlines()[-1]}") from None
+            raise InputError(sf.path, f"cannot read PNG: {(str(err).strip().splitlines() or ['?'])[-1]}") from None
         if itk.GetNumberOfComponentsPerPixel() != 1:
             raise InputError(sf.path, f"expected a single-channel (grey) PNG, found "
                                       f"{itk.GetNumberOfComponentsPerPixel()} channels")
@@ -437,8 +437,8 @@ def import_kaggle(root: str | os.PathLike, out_dir: str | os.PathLike, split: st
                               "label": None if label_path is None else str(label_path),
                               "split": manifest_split, "group": volume.group})
     manifest = out_dir / "manifest.csv"
+    write_label_spec(manifest, spec)  # the sidecar first: a present manifest means a complete import
     write_manifest(manifest, manifest_rows)
-    write_label_spec(manifest, spec)
     log.info("imported %d case-days from %s into %s", len(manifest_rows), root / split, out_dir)
     return manifest
 

@@ -146,18 +146,20 @@ def build_fold_config(config: str | os.PathLike, overrides: Sequence[str], manif
     Sets ``data.manifest``, ``data.folds``, ``data.exclude`` (joined with any ``data.exclude`` override) and
     ``train.seed``; ``--set`` overrides win, except ``data.manifest`` and ``data.fold``, which are errors.
     """
-    from seg25d.pipeline.config import apply_override, load_config, parse_override
+    from seg25d.pipeline.config import load_config, parse_override
 
+    keys = set()
     for text in overrides:
         key = ".".join(parse_override(text)[0])
         if key in _SET_BY_WORKFLOW:
             raise InputError("--set", f"{key} is set by kaggle train ({_SET_BY_WORKFLOW[key]})")
-    resolved = load_config(config)
+        keys.add(key)
+    resolved = load_config(config, overrides)  # the same rules as seg25d train (e.g. a new model.name)
     resolved["data"]["manifest"] = str(manifest)
-    resolved["data"]["folds"] = int(folds)
-    resolved["train"]["seed"] = int(seed)
-    for text in overrides:
-        apply_override(resolved, text)
+    if "data.folds" not in keys:
+        resolved["data"]["folds"] = int(folds)
+    if "train.seed" not in keys:
+        resolved["train"]["seed"] = int(seed)
     resolved["data"]["exclude"] = list(dict.fromkeys([*exclude, *(resolved["data"]["exclude"] or [])]))
     return resolved
 

@@ -446,6 +446,6 @@ def write_vessel_dataset(
         label_path = write_mask(out_dir / "labels" / f"{case_id}.nii.gz", label, meta)
         rows.append({"case_id": case_id, "image": str(image_path), "label": str(label_path), "split": names[i]})
     manifest = out_dir / "manifest.csv"
+    write_label_spec(manifest, LabelSpec(("vessel",), (1,), "index"))  # first: the manifest marks completion
     write_manifest(manifest, rows)
-    write_label_spec(manifest, LabelSpec(("vessel",), (1,), "index"))
     return manifest

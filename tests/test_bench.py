@@ -1,0 +1,82 @@
+"""Benchmark plumbing on tiny inputs: the numbers are the benchmarks' business, the shape of the results ours."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from seg25d.pipeline.bench import compare, oracle, scaling, step
+from seg25d.pipeline.errors import InputError
+from seg25d.pipeline.synth.vessels import write_vessel_dataset
+
+
+@pytest.fixture(scope="module")
+def tiny_manifest(tmp_path_factory):
+    return write_vessel_dataset(tmp_path_factory.mktemp("vessels"), n=4, shape=(12, 16, 16), seed=0, progress=False)
+
+
+@pytest.mark.parametrize("name, options, batch_shape", [
+    ("projection25d", {"directions": 2, "train_directions": 2, "unet": {"depth": 2, "base_channels": 4},
+                       "scale": "auto"}, [1, 1, 8, 12, 10]),
+    ("unet2d", {"depth": 2, "base_channels": 4}, [4, 1, 12, 10]),
+    ("slicestack25d", {"slices": 3, "backbone_options": {"depth": 2, "base_channels": 4}}, [4, 3, 12, 10]),
+    ("unet3d", {"depth": 2, "base_channels": 4}, [1, 1, 8, 12, 10]),
+])
+def test_step_measure_feeds_each_family_its_batch(name, options, batch_shape):
+    result = step.measure(name, (8, 12, 10), options, repeats=1, batch=4)
+    assert result["train_input"] == batch_shape
+    assert result["step_seconds"] > 0 and result["infer_seconds"] > 0
+    assert result["parameters"] > 0 and result["options"].get("scale", 1) == 1  # "auto" resolved by size
+
+
+def test_oracle_ceilings_are_dice_values(tiny_manifest):
+    sets = {"one axis": ("axes", (0,), 4), "three axes": ("axes", (0, 1, 2), 2)}
+    rows = oracle.bench_oracle(tiny_manifest, "test", sets)
+    assert [r["directions"] for r in rows] == list(sets)
+    for r in rows:
+        for key in ("visual_hull_dice", "mip_lift_dice", "hull_and_mip_lift_dice"):
+            assert 0.0 < r[key] <= 1.0
+    with pytest.raises(InputError, match="no labelled cases"):
+        oracle.bench_oracle(tiny_manifest, "nonexistent", sets)
+
+
+def test_compare_helpers():
+    assert compare._toml({"a": [1, 2], "b": {"c": "x"}, "d": True}) == '{a = [1, 2], b = {c = "x"}, d = true}'
+    assert compare._slug("default, path 1 only") == "default__path_1_only"
+    frame = pd.DataFrame([
+        {"model": "b", "dice_vessel": 0.5, "dice_sd_vessel": 0.1, "hd95_vessel": 3.0, "steps": 10, "step_seconds": 0.2,
+         "peak_extra_mb": 50.0, "infer_seconds_per_volume": 0.1, "parameters": 1000},
+        {"model": "a", "dice_vessel": 0.7, "dice_sd_vessel": 0.05, "hd95_vessel": 2.0, "steps": 12,
+         "step_seconds": 0.3, "peak_extra_mb": 60.0, "infer_seconds_per_volume": 0.2, "parameters": 2000},
+    ])
+    table = compare.markdown_table(frame, 8)
+    lines = table.splitlines()
+    assert lines[2].startswith("| model | Dice vessel (mean ± sd) | HD95 vessel mm |")
+    assert lines[4].startswith("| a | 0.700 ± 0.050 | 2.00 | 12 |")  # best Dice first
+    assert lines[5].startswith("| b | 0.500 ± 0.100 |")
+
+
+def test_scaling_watch_reports_instead_of_failing(tmp_path):
+    ok, status = scaling._watch([sys.executable, "-c", "print('{\"x\": 1}')"], {}, 10_000, 60)
+    assert ok == {"x": 1} and status == "ok"
+    big, status = scaling._watch([sys.executable, "-c", "import time; b = bytearray(300 * 2**20); time.sleep(5)"],
+                                 {}, 100, 60)
+    assert big is None and status.startswith("exceeds the memory limit")
+    slow, status = scaling._watch([sys.executable, "-c", "import time; time.sleep(30)"], {}, 10_000, 1)
+    assert slow is None and status.startswith("slower than")
+    failed, status = scaling._watch([sys.executable, "-c", "raise SystemExit('boom')"], {}, 10_000, 60)
+    assert failed is None and status == "failed: boom"
+
+
+def test_scaling_figure_marks_failed_runs(tmp_path):
+    frame = pd.DataFrame([
+        {"model": "m", "size": 32, "status": "ok", "step_seconds": 0.1, "step_peak_extra_mb": 10.0},
+        {"model": "m", "size": 64, "status": "ok", "step_seconds": 0.8, "step_peak_extra_mb": 80.0},
+        {"model": "n", "size": 64, "status": "exceeds the memory limit (1 GiB)"},
+    ])
+    scaling.scaling_figure(frame, tmp_path / "s.png")
+    assert (tmp_path / "s.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert np.isfinite(frame.loc[frame.status == "ok", "step_seconds"]).all()
