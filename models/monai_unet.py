@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
+import torch
 from torch import nn
+
+from seg25d.models.blocks import center_crop, pad_to_multiple
 
 from seg25d.models.registry import register_model
 
@@ -20,7 +25,16 @@ def monai_unet(in_channels: int, out_channels: int, *, channels=(16, 32, 64, 128
         from monai.networks.nets import UNet
     except ImportError:
         raise ValueError("monai_unet needs the optional monai package (pip install 'seg25d[test]')") from None
-    net = UNet(spatial_dims=3, in_channels=in_channels, out_channels=out_channels, channels=tuple(channels),
-               strides=tuple(strides), num_res_units=num_res_units)
-    net.spatial_dims = 3
-    return net
+
+    multiple = math.prod(strides)
+
+    class PaddedUNet(UNet):  # same parameters and state-dict keys as MONAI's UNet
+        spatial_dims = 3
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            """Any input size: padded up to a multiple of the total stride, cropped back."""
+            x, sizes = pad_to_multiple(x, multiple, 3)
+            return center_crop(super().forward(x), sizes)
+
+    return PaddedUNet(spatial_dims=3, in_channels=in_channels, out_channels=out_channels, channels=tuple(channels),
+                      strides=tuple(strides), num_res_units=num_res_units)

@@ -46,8 +46,10 @@ def run_demo(out_dir: str | os.PathLike = "seg25d_demo", minutes: float = 8.0, c
     summary = {
         "test_dice": float(metrics["dice"].mean()),
         "test_hd95_mm": float(metrics["hd95"].mean()),
+        "best_val_dice": result.best_score,
         "best_global_threshold": threshold,
         "threshold_test_dice": threshold_dice(manifest, "test", threshold),
+        "threshold_val_dice": threshold_dice(manifest, "val", threshold),
         "threshold_train_dice": train_dice,
         "train_steps": result.steps,
         "prediction_seconds_per_volume": report["seconds"] / max(1, report["predicted"]),
