@@ -35,18 +35,20 @@ __all__ = ["Projection25D", "VolumeHead", "Refinement", "PRESETS", "resolve_scal
 
 #: ``scale="auto"`` works on the input grid up to this many voxels and at half resolution above
 AUTO_SCALE_VOXELS = 1_500_000
+#: the volume head recomputes its activations in the backward pass above this many voxels
+CHECKPOINT_VOXELS = 1_000_000
 
 PRESETS: dict[str, dict] = {
     # The seed's configuration: one rotation axis, MIP, one channel per class, F (ramp) + backprojection, T.
     "paper": dict(axes=(0,), directions=32, train_directions=8, mode="mip", features=None, lift=("backproject",),
                   filter_init="ramp", filter_per_view=True, filter_size=63, head="paper", head_channels=8,
-                  head_layers=1, head_context=0, unet={"depth": 4, "base_channels": 16}, aux_loss=False, scale=1),
+                  head_layers=1, unet={"depth": 4, "base_channels": 16}, aux_loss=False, scale=1),
     # Three rotation axes, several feature channels lifted by backprojection and by MIP lifting, a head that
     # sees the input volume, and a 2D auxiliary loss on the views (see docs/benchmarks.md for each step's effect).
     "default": dict(axes=(0, 1, 2), directions=8, train_directions=6, mode="mip", features=2,
                     lift=("backproject", "mip"), filter_init="identity", filter_per_view=False, filter_size=63,
-                    head="volume", head_channels=8, head_layers=1, head_context=0,
-                    unet={"depth": 4, "base_channels": 16}, aux_loss=True, scale=1),
+                    head="volume", head_channels=8, head_layers=1, unet={"depth": 4, "base_channels": 16},
+                    aux_loss=True, scale=1),
 }
 LIFTS = ("backproject", "mip")
 
@@ -55,8 +57,10 @@ class VolumeHead(nn.Module):
     """A light full-resolution head: pointwise mixing of the input and the lifted evidence, ``layers`` 3x3x3
     convolutions of ``channels`` channels, then per-class logits.
 
-    In training its activations are recomputed in the backward pass instead of stored (activation
-    checkpointing), so its memory is that of its input and output: a few volume-sized tensors.
+    On volumes of more than :data:`CHECKPOINT_VOXELS` voxels its activations are recomputed in the backward
+    pass instead of stored (activation checkpointing), so its memory is that of its input and output, a few
+    volume-sized tensors; on smaller ones the recomputation would cost a fifth of the head's time for memory
+    nobody needs.
     """
 
     def __init__(self, in_channels: int, out_channels: int, channels: int = 8, layers: int = 1):
@@ -72,7 +76,7 @@ class VolumeHead(nn.Module):
         return self.net(x.contiguous(memory_format=torch.channels_last_3d)).contiguous()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() and x.requires_grad:
+        if torch.is_grad_enabled() and x.requires_grad and x[0, 0].numel() > CHECKPOINT_VOXELS:
             return checkpoint(self._run, x, use_reentrant=False)
         return self._run(x)
 
@@ -140,9 +144,6 @@ class Projection25D(nn.Module):
         filter_init, filter_per_view, filter_size: the filtration F (``"ramp"`` or ``"identity"``).
         head: ``"paper"`` (T: average pooling, affine, sigmoid) or ``"volume"`` (:class:`VolumeHead`, sees the input).
         head_channels, head_layers: width and number of 3x3x3 convolutions of the volume head.
-        head_context: odd window of a max-pooling of the evidence that the volume head also sees (0: none):
-            MIP lifting marks the brightest voxels, i.e. centrelines; their neighbourhood maximum reaches the
-            structure's width.
         unet: options of the shared 2D :class:`~seg25d.models.unet.UNet`.
         aux_loss: whether training adds a 2D loss of the views' logits against the projected labels.
         scale: 1 works on the input grid; 2 on a half-resolution grid (the input average- and max-pooled),
@@ -153,8 +154,7 @@ class Projection25D(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, *, axes=(0, 1, 2), directions: int = 8,
                  train_directions: int = 6, mode: str = "mip", features: int | None = 2, lift=("backproject", "mip"),
                  filter_init: str = "identity", filter_per_view: bool = False, filter_size: int = 63,
-                 head: str = "volume", head_channels: int = 8, head_layers: int = 1, head_context: int = 0,
-                 unet: dict | None = None,
+                 head: str = "volume", head_channels: int = 8, head_layers: int = 1, unet: dict | None = None,
                  aux_loss: bool = True, scale: int = 1):
         super().__init__()
         axes = tuple(int(a) for a in axes)
@@ -193,9 +193,7 @@ class Projection25D(nn.Module):
                                  "and lift=('backproject',)")
             self.head = FineTuning(out_channels)
         else:
-            self.head = VolumeHead(core_channels + evidence * (2 if head_context else 1), out_channels, head_channels,
-                                   head_layers)
-        self.head_context = head_context
+            self.head = VolumeHead(core_channels + evidence, out_channels, head_channels, head_layers)
         self.head_kind = head
         fine = features + 1 if "mip" in lift else 0
         self.refinement = Refinement(in_channels, out_channels, fine) if scale == 2 else None
@@ -282,14 +280,7 @@ class Projection25D(nn.Module):
             ones = torch.ones_like(groups["mip"][:, :1])
             parts.append(mip.lift(torch.cat([groups["mip"], ones], dim=1) / m, argmax))  # last: maxima per voxel
         evidence = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
-        if self.head_kind == "paper":
-            logits = self.head(evidence)
-        else:
-            inputs = [core, evidence]
-            if self.head_context:  # the evidence's neighbourhood maxima: centrelines spread to structure width
-                k = self.head_context
-                inputs.append(nn.functional.max_pool3d(evidence, k, stride=1, padding=k // 2))
-            logits = self.head(torch.cat(inputs, dim=1))
+        logits = self.head(evidence) if self.head_kind == "paper" else self.head(torch.cat([core, evidence], dim=1))
         if self.refinement is not None:
             fine_evidence = None
             if self.fine_lifting:
@@ -345,7 +336,7 @@ class Projection25D(nn.Module):
 def projection25d(in_channels: int, out_channels: int, *, preset: str = "default", axes=None, directions=None,
                   train_directions=None, mode=None, features=None, lift=None, filter_init=None,
                   filter_per_view=None, filter_size=None, head=None, head_channels=None, head_layers=None,
-                  head_context=None, unet=None, aux_loss=None, scale=None) -> Projection25D:
+                  unet=None, aux_loss=None, scale=None) -> Projection25D:
     """The random 2.5D U-Net; ``preset`` is ``"default"`` or ``"paper"`` (the seed's exact configuration).
 
     Options left as None take the preset's value; ``unet`` options are merged into the preset's.
@@ -355,8 +346,7 @@ def projection25d(in_channels: int, out_channels: int, *, preset: str = "default
     options = dict(PRESETS[preset])
     given = dict(axes=axes, directions=directions, train_directions=train_directions, mode=mode, features=features,
                  lift=lift, filter_init=filter_init, filter_per_view=filter_per_view, filter_size=filter_size,
-                 head=head, head_channels=head_channels, head_layers=head_layers, head_context=head_context,
-                 aux_loss=aux_loss, scale=scale)
+                 head=head, head_channels=head_channels, head_layers=head_layers, aux_loss=aux_loss, scale=scale)
     options.update({k: v for k, v in given.items() if v is not None})
     options["unet"] = {**options["unet"], **(unet or {})}
     model = Projection25D(in_channels, out_channels, **options)

@@ -191,7 +191,7 @@ def test_split_val_fraction_by_group(tmp_path):
 
 def test_split_errors(tmp_path):
     manifest = _fake_manifest(tmp_path / "m.csv", [("a", "train", "g"), ("b", "train", "g"), ("c", "val", "h")])
-    with pytest.raises(InputError, match="2 groups cannot make 3 folds"):
+    with pytest.raises(InputError, match=r"2 groups \(outside the test split\) cannot make 3 folds"):
         split_manifest(manifest, _config(data={"folds": 3})["data"])
     only_val = _fake_manifest(tmp_path / "v.csv", [("a", "val", ""), ("b", "test", "")])
     with pytest.raises(InputError, match="no labelled training cases"):
