@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from seg25d.pipeline.errors import InputError
 from seg25d.pipeline.io import VolumeMeta, read_volume
-from seg25d.pipeline.manifest import LabelSpec, read_label_spec, read_manifest
+from seg25d.pipeline.manifest import LabelSpec, label_spec_or_infer, read_manifest
 from seg25d.pipeline.preprocess import Preprocessing
 
 __all__ = ["Task", "Case", "load_cases", "split_manifest", "group_folds", "BatchSampler", "step_generator",
@@ -72,15 +72,7 @@ def model_family(name: str) -> str:
 
 def task_for(manifest) -> Task:
     """The manifest's class declaration (sidecar), or one inferred from its label files."""
-    spec = read_label_spec(manifest)
-    if spec is None:
-        frame = read_manifest(manifest)
-        values = set()
-        for path in frame.label.dropna():
-            values |= set(np.unique(read_volume(path).array).tolist())
-        spec = LabelSpec.infer(values)
-        log.info("no class sidecar for %s; inferred classes %s", manifest, spec.classes)
-    return Task(spec)
+    return Task(label_spec_or_infer(manifest))
 
 
 def group_folds(groups: list[str], folds: int, seed: int = 0) -> dict[str, int]:

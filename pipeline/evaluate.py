@@ -21,7 +21,7 @@ from seg25d.pipeline.atomic import full_suffix, write_csv, write_json
 from seg25d.pipeline.provenance import command_line
 from seg25d.pipeline.errors import InputError
 from seg25d.pipeline.io import SUPPORTED_EXTENSIONS, read_volume
-from seg25d.pipeline.manifest import LabelSpec, read_label_spec, read_manifest, sidecar_path
+from seg25d.pipeline.manifest import LabelSpec, label_spec_or_infer, read_manifest
 from seg25d.pipeline.metrics import EMPTY_POLICIES, METRICS, binary_metrics, summarize
 
 __all__ = ["COLUMNS", "AFFINE_TOLERANCE_MM", "evaluate", "find_prediction"]
@@ -60,7 +60,7 @@ def evaluate(pred_dir: str | os.PathLike, manifest: str | os.PathLike, out_dir: 
     if not pred_dir.is_dir():
         raise InputError(pred_dir, "prediction folder does not exist")
     cases = _labelled_rows(read_manifest(manifest), manifest, split)
-    spec = _label_spec(manifest, cases)
+    spec = label_spec_or_infer(manifest, cases)
     selected = _select_classes(spec, classes, manifest)
 
     rows: list[dict] = []
@@ -133,30 +133,6 @@ def _labelled_rows(frame: pd.DataFrame, manifest: Path, split: str | None) -> pd
         where = f"split {split!r}" if split is not None else "the manifest"
         raise InputError(manifest, f"no rows with a label to evaluate in {where}")
     return labelled.reset_index(drop=True)
-
-
-def _label_spec(manifest: Path, cases: pd.DataFrame) -> LabelSpec:
-    """The manifest's LabelSpec, or an index encoding inferred from the reference labels' nonzero values."""
-    spec = read_label_spec(manifest)
-    if spec is not None:
-        return spec
-    found: set[int] = set()
-    for path in cases["label"]:
-        try:
-            values = np.unique(read_volume(Path(path)).array)
-        except InputError as err:  # the scoring loop reports this case as failed
-            log.debug("skipping %s while inferring classes: %s", path, err)
-            continue
-        if values.dtype.kind == "f" and not np.array_equal(values, np.round(values)):
-            raise InputError(path, "label volume holds non-integer values; cannot infer the classes")
-        found.update(int(v) for v in values if v != 0)
-    if not found:
-        raise InputError(manifest, f"no label sidecar {sidecar_path(manifest).name} and no nonzero values in the "
-                                   "labels to infer the classes from")
-    spec = LabelSpec.infer(found)
-    log.info("%s: no label sidecar %s; inferred an index encoding from the labels' values: %s", manifest,
-             sidecar_path(manifest).name, ", ".join(f"{c}={v}" for c, v in zip(spec.classes, spec.values)))
-    return spec
 
 
 def _select_classes(spec: LabelSpec, classes: Sequence[str] | None, manifest: Path) -> list[int]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -30,6 +31,7 @@ from seg25d.pipeline.errors import InputError
 
 __all__ = [
     "LabelSpec", "read_manifest", "write_manifest", "read_label_spec", "write_label_spec", "sidecar_path",
+    "label_spec_or_infer", "assign_splits", "check_manifest",
     "SPLITS", "COLUMNS",
 ]
 
@@ -125,6 +127,34 @@ def write_label_spec(manifest: str | os.PathLike, spec: LabelSpec) -> Path:
     path = sidecar_path(manifest)
     write_json(path, spec.to_dict())
     return path
+
+
+def label_spec_or_infer(manifest: str | os.PathLike, frame: pd.DataFrame | None = None) -> LabelSpec:
+    """The manifest's class declaration, or an index encoding inferred from the nonzero values of its label
+    files (``frame``: the rows to look at, default all); unreadable labels are skipped (reported elsewhere)."""
+    spec = read_label_spec(manifest)
+    if spec is not None:
+        return spec
+    from seg25d.pipeline.io import read_volume
+
+    frame = read_manifest(manifest) if frame is None else frame
+    values: set[int] = set()
+    for path in frame["label"].dropna():
+        try:
+            array = read_volume(path).array
+        except InputError:
+            continue
+        if array.dtype.kind == "f" and not np.array_equal(array, np.round(array)):
+            raise InputError(path, "label volume holds non-integer values; cannot infer the classes")
+        values.update(int(v) for v in np.unique(array) if v != 0)
+    if not values:
+        raise InputError(manifest, f"no class sidecar {sidecar_path(manifest).name} and no nonzero label values "
+                                   "to infer the classes from")
+    spec = LabelSpec.infer(values)
+    logging.getLogger(__name__).info(
+        "%s: no class sidecar %s; inferred an index encoding from the labels' values: %s", manifest,
+        sidecar_path(manifest).name, ", ".join(f"{c}={v}" for c, v in zip(spec.classes, spec.values)))
+    return spec
 
 
 def read_manifest(path: str | os.PathLike) -> pd.DataFrame:

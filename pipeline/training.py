@@ -1,9 +1,10 @@
 """Training for every registered model: one loop, the two-path scheme for ``projection25d``, runs that survive.
 
 ``train(config, out_dir)`` writes into ``out_dir``: ``config.json`` (resolved), ``last.pt`` (every
-``train.checkpoint_every`` steps and at the end), ``best.pt`` (best mean validation Dice), ``metrics.csv``
-(one row per step: path, losses, learning rate, the step's seconds and peak extra resident memory, total
-time; validation Dice per class on validation steps), ``curves.png`` and ``run.json`` (the command line). ``train(..., resume=True)`` continues from ``last.pt``.
+``train.checkpoint_every`` steps and at the end), ``best.pt`` (best mean validation Dice, or lowest training
+loss without validation cases), ``metrics.csv`` (one row per step: path, losses, learning rate, the step's
+seconds and peak extra resident memory, total time; validation Dice per class on validation steps),
+``curves.png`` and ``run.json`` (the command line). ``train(..., resume=True)`` continues from ``last.pt``.
 
 Reproducibility: each step's batch, augmentation and random views come from generators seeded by
 ``(seed, step, rank)``, and the optimiser and scheduler states are checkpointed, so a run killed at any point
@@ -17,7 +18,6 @@ gradients are averaged with DistributedDataParallel (gloo: training runs on the 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -27,21 +27,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from torch import nn
 from tqdm import tqdm
 
 from seg25d.models import build
 from seg25d.models.projection25d import Projection25D, resolve_scale
 from seg25d.pipeline.atomic import write_csv, write_json
-from seg25d.pipeline.provenance import command_line
 from seg25d.pipeline.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from seg25d.pipeline.data import BatchSampler, Case, Task, load_cases, model_family, split_manifest, step_generator, task_for
+from seg25d.pipeline.data import BatchSampler, load_cases, model_family, split_manifest, step_generator, task_for
 from seg25d.pipeline.errors import InputError
 from seg25d.pipeline.losses import segmentation_loss
 from seg25d.pipeline.memory import PeakMemory
-from seg25d.pipeline.manifest import LabelSpec
-from seg25d.pipeline.preprocess import Preprocessing
 from seg25d.pipeline.metrics import dice_per_class
+from seg25d.pipeline.preprocess import Preprocessing
+from seg25d.pipeline.provenance import command_line
 from seg25d.pipeline.volume_inference import predict_probabilities, probabilities_to_masks
 
 __all__ = ["train", "TrainResult", "SCHEDULES"]
@@ -152,16 +150,18 @@ class _Trainer:
         except ValueError as err:
             raise InputError("model", str(err)) from None
         self.family = model_family(mc["name"])
-        if "valid" in (getattr(self.model, "padding", None), getattr(getattr(self.model, "net", None), "padding", None)):
+        paddings = (getattr(self.model, "padding", None), getattr(getattr(self.model, "net", None), "padding", None))
+        if "valid" in paddings:  # a valid-padding U-Net, or a slice-stack model's backbone
             raise InputError("model.options.padding", "valid convolutions give outputs smaller than the labels; "
                                                       "train with padding='same' (valid nets are for overlap-tile "
                                                       "inference)")
         lc = config["loss"]
         if self.task.sigmoid and lc["kind"] == "ce_dice" or not self.task.sigmoid and lc["kind"] == "bce_dice":
-            need = "bce_dice or dice" if self.task.sigmoid else "ce_dice or dice"
-            raise InputError("loss.kind", f"{lc['kind']} does not fit {'multi-label/binary sigmoid' if self.task.sigmoid else 'exclusive softmax'} "
-                                          f"outputs of classes {', '.join(self.task.classes)}; use {need}")
-        stack = (getattr(self.model, "slices", 1), getattr(self.model, "stride", 1), getattr(self.model, "edge", "clamp"))
+            outputs, need = (("multi-label/binary sigmoid", "bce_dice or dice") if self.task.sigmoid
+                             else ("exclusive softmax", "ce_dice or dice"))
+            raise InputError("loss.kind", f"{lc['kind']} does not fit {outputs} outputs of classes "
+                                          f"{', '.join(self.task.classes)}; use {need}")
+        stack = tuple(getattr(self.model, k, d) for k, d in (("slices", 1), ("stride", 1), ("edge", "clamp")))
         self.sampler = BatchSampler(self.train_cases, self.family, config, stack=stack)
         self.projection = isinstance(self.model, Projection25D)
         self.step, self.best, self.elapsed, self.path2_started = 0, -math.inf, 0.0, False
@@ -204,7 +204,8 @@ class _Trainer:
         self.model.load_state_dict(state["model_state"])
         self.optimizer.load_state_dict(state["optimizer_state"])
         self.scheduler.load_state_dict(state["scheduler_state"])
-        self.step, self.best, self.elapsed = int(state["step"]), float(state["best_score"]), float(state["elapsed_seconds"])
+        self.step, self.best = int(state["step"]), float(state["best_score"])
+        self.elapsed = float(state["elapsed_seconds"])
         self.path2_started = bool(state["path2_started"])
         set_rng_state(state["rng"])
         if self.path2_started:

@@ -15,17 +15,12 @@ of one plane and every gather moves a contiguous run of ``N_a * B * C`` values.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from seg25d.projections.footprint import cell_weights
+from seg25d.projections.geometry import plane_axes
 
-__all__ = ["plane_axes", "splat_matrix", "mip_tables"]
-
-
-def plane_axes(axis: int) -> tuple[int, int]:
-    return tuple(a for a in range(3) if a != axis)  # type: ignore[return-value]
+__all__ = ["splat_matrix", "mip_tables"]
 
 
 def splat_matrix(geometry, views: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int]]:

@@ -30,7 +30,7 @@ import numpy as np
 
 __all__ = [
     "Geometry", "axis_geometry", "multi_axis_geometry", "sphere_geometry", "direction_geometry",
-    "fibonacci_directions", "uniform_angles", "AXIS_NAMES",
+    "fibonacci_directions", "uniform_angles", "AXIS_NAMES", "plane_axes",
 ]
 
 AXIS_NAMES = ("D", "H", "W")
@@ -54,7 +54,8 @@ def fibonacci_directions(n: int) -> np.ndarray:
     return np.stack([z, rho * np.cos(phi), rho * np.sin(phi)], axis=1)
 
 
-def _plane_axes(axis: int) -> tuple[int, int]:
+def plane_axes(axis: int) -> tuple[int, int]:
+    """The two volume axes spanning the plane of rotations about ``axis``, in increasing order."""
     return tuple(a for a in range(3) if a != axis)  # type: ignore[return-value]
 
 
@@ -159,7 +160,7 @@ def _columns(extent: float, du: float, parity_like: int) -> int:
 
 
 def _axis_views(axis: int, angles) -> tuple[list, list, list, list]:
-    p, q = _plane_axes(axis)
+    p, q = plane_axes(axis)
     rays, us, vs = [], [], []
     for t in angles:
         r, u, v = np.zeros(3), np.zeros(3), np.zeros(3)
@@ -199,9 +200,9 @@ def multi_axis_geometry(shape, angles: dict[int, Iterable[float] | int] | int, s
     if not angles or any(a not in (0, 1, 2) for a in angles):
         raise ValueError(f"rotation axes must be among 0 (D), 1 (H), 2 (W), got {sorted(angles)}")
     first = min(angles)
-    du = min(min(spacing[a] for a in _plane_axes(ax)) for ax in angles)
-    extent = max(_extent(shape, spacing, _plane_axes(ax)) for ax in angles)
-    columns = _columns(extent, du, shape[_plane_axes(first)[1]])
+    du = min(min(spacing[a] for a in plane_axes(ax)) for ax in angles)
+    extent = max(_extent(shape, spacing, plane_axes(ax)) for ax in angles)
+    columns = _columns(extent, du, shape[plane_axes(first)[1]])
     rows = max(shape[a] for a in angles)
     views = [[], [], [], [], []]
     for axis, ts in sorted(angles.items()):
@@ -229,7 +230,7 @@ def direction_geometry(shape, directions, spacing=(1.0, 1.0, 1.0), axis_views=Tr
     for r in directions:
         axis = next((a for a in range(3) if abs(r[a]) < 1e-9), -1) if axis_views else -1
         if axis >= 0:
-            p, q = _plane_axes(axis)
+            p, q = plane_axes(axis)
             t = math.atan2(r[q], r[p]) % math.pi
             part = _axis_views(axis, [t])
         else:

@@ -21,8 +21,8 @@ import scipy.sparse
 import torch
 
 from seg25d.projections import general_views
-from seg25d.projections.axis_tables import mip_tables, plane_axes, splat_matrix
-from seg25d.projections.geometry import Geometry
+from seg25d.projections.axis_tables import mip_tables, splat_matrix
+from seg25d.projections.geometry import Geometry, plane_axes
 
 __all__ = ["RayTransform", "RayBackprojection", "MaxIntensityProjection", "projector_plan"]
 
@@ -271,7 +271,8 @@ class _PlanView:
         y = y.contiguous()
         out = None
         for group, local, positions in self.plan.split(self.views):
-            yg = y if len(positions) == len(self.views) else y.index_select(2, torch.as_tensor(positions, device=y.device))
+            yg = (y if len(positions) == len(self.views)
+                  else y.index_select(2, torch.as_tensor(positions, device=y.device)))
             part = group.backproject(yg, local)
             out = part.contiguous() if out is None else out.add_(part)
         return out

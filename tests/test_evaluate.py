@@ -174,7 +174,7 @@ def test_classes_split_and_inferred_spec(tmp_path, caplog):
     cases = {"a": (truth["a"], preds["a"], "test", None), "b": (truth["b"], preds["b"], "train", None)}
     manifest, pred_dir = make_dataset(tmp_path, INDEX, cases, sidecar=False)
 
-    with caplog.at_level(logging.INFO, logger="seg25d.pipeline.evaluate"):
+    with caplog.at_level(logging.INFO, logger="seg25d.pipeline.manifest"):
         frame = evaluate(pred_dir, manifest, tmp_path / "out", split="test", classes=["class_2"])
     assert "inferred an index encoding" in caplog.text
     assert list(frame["case_id"]) == ["a"] and list(frame["class"]) == ["class_2"]

@@ -41,11 +41,11 @@ def write_text(path: Path, text: str) -> Path:
 
 
 def test_relative_paths_resolve_against_the_csv_folder(tmp_path, monkeypatch):
-    csv_path = write_text(tmp_path / "data" / "m.csv",
-                          "case_id,image,label,split,group\n"
-                          "a,images/a.nii.gz,labels/a.nii.gz,train,p1\n"
-                          " b ,../elsewhere/b.nrrd,,val,\n"
-                          f"c,{tmp_path / 'abs' / 'c.nii'},,test,p1\n")
+    write_text(tmp_path / "data" / "m.csv",
+               "case_id,image,label,split,group\n"
+               "a,images/a.nii.gz,labels/a.nii.gz,train,p1\n"
+               " b ,../elsewhere/b.nrrd,,val,\n"
+               f"c,{tmp_path / 'abs' / 'c.nii'},,test,p1\n")
     (tmp_path / "cwd").mkdir()  # the working folder differs from the CSV's folder
     monkeypatch.chdir(tmp_path / "cwd")
     frame = read_manifest(Path("..") / "data" / "m.csv")

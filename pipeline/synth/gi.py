@@ -27,11 +27,12 @@ from tqdm import tqdm
 from seg25d.pipeline.atomic import atomic_path, write_text
 from seg25d.pipeline.errors import InputError
 from seg25d.pipeline.synth.vessels import partial_volume, render_tubes, smooth_noise
+from seg25d.pipeline.kaggle.layout import CLASSES, SLICE_THICKNESS_MM
 from seg25d.pipeline.kaggle.rle import rle_encode
 
 __all__ = ["write_gi_dataset", "GI_SIZES", "GI_CLASSES", "GI_SLICE_THICKNESS"]
 
-GI_CLASSES: tuple[str, ...] = ("large_bowel", "small_bowel", "stomach")
+GI_CLASSES: tuple[str, ...] = CLASSES
 # (width, height, pixel width mm, pixel height mm) of the competition's scans.
 GI_SIZES: tuple[tuple[int, int, float, float], ...] = (
     (266, 266, 1.50, 1.50),
@@ -39,7 +40,7 @@ GI_SIZES: tuple[tuple[int, int, float, float], ...] = (
     (360, 310, 1.50, 1.50),
     (276, 276, 1.63, 1.63),
 )
-GI_SLICE_THICKNESS = 3.0
+GI_SLICE_THICKNESS = SLICE_THICKNESS_MM
 
 # Large bowel centreline from the rectum to the cecum: (u, v, t, radius factor) with u image left (-1,
 # patient's right) to image right (+1), v anterior (-1) to posterior (+1), both relative to the body
