@@ -42,13 +42,13 @@ PRESETS: dict[str, dict] = {
     # The seed's configuration: one rotation axis, MIP, one channel per class, F (ramp) + backprojection, T.
     "paper": dict(axes=(0,), directions=32, train_directions=8, mode="mip", features=None, lift=("backproject",),
                   filter_init="ramp", filter_per_view=True, filter_size=63, head="paper", head_channels=8,
-                  head_layers=1, unet={"depth": 4, "base_channels": 16}, aux_loss=False, scale=1),
+                  head_layers=1, unet={"depth": 4, "base_channels": 16}, aux_loss=False, scale=1, fine_lift=False),
     # Three rotation axes, several feature channels lifted by backprojection and by MIP lifting, a head that
     # sees the input volume, and a 2D auxiliary loss on the views (see docs/benchmarks.md for each step's effect).
     "default": dict(axes=(0, 1, 2), directions=8, train_directions=6, mode="mip", features=2,
                     lift=("backproject", "mip"), filter_init="identity", filter_per_view=False, filter_size=63,
                     head="volume", head_channels=8, head_layers=1, unet={"depth": 4, "base_channels": 16},
-                    aux_loss=True, scale=1),
+                    aux_loss=True, scale=1, fine_lift=False),
 }
 LIFTS = ("backproject", "mip")
 
@@ -101,9 +101,9 @@ def _pad_even(x: torch.Tensor) -> torch.Tensor:
 
 class Refinement(nn.Module):
     """Full-resolution refinement at ``scale=2``: upsample the half-resolution logits (trilinear) and add a
-    learned per-voxel combination of the input, its local contrast (``x`` minus its 3x3x3 mean) and the
-    views' features MIP-lifted onto the full grid, which puts thin bright structures back where the coarse
-    logits only know "near here".
+    learned per-voxel combination of the input, its local contrast (``x`` minus its 3x3x3 mean) and, with
+    ``fine_lift``, the views' features MIP-lifted onto the full grid, which puts thin bright structures back
+    where the coarse logits only know "near here".
 
     One linear 1x1x1 layer, started at zero: training starts from the plain upsampled logits, and the
     full-resolution memory stays at a few single-channel volumes (a hidden layer of even 8 channels at 128^3
@@ -149,13 +149,16 @@ class Projection25D(nn.Module):
         scale: 1 works on the input grid; 2 on a half-resolution grid (the input average- and max-pooled),
             followed by :class:`Refinement` at full resolution. ``"auto"`` must be resolved from the
             training volumes' size with :func:`resolve_scale` before building (the trainer does).
+        fine_lift: at ``scale=2`` with MIP lifting, also MIP-lift the views' features onto the full-resolution
+            grid for the refinement. Off by default: measured at 128^3 it cost about 70 % more step time and
+            twice the inference time for no Dice gain beyond noise (docs/benchmarks.md).
     """
 
     def __init__(self, in_channels: int, out_channels: int, *, axes=(0, 1, 2), directions: int = 8,
                  train_directions: int = 6, mode: str = "mip", features: int | None = 2, lift=("backproject", "mip"),
                  filter_init: str = "identity", filter_per_view: bool = False, filter_size: int = 63,
                  head: str = "volume", head_channels: int = 8, head_layers: int = 1, unet: dict | None = None,
-                 aux_loss: bool = True, scale: int = 1):
+                 aux_loss: bool = True, scale: int = 1, fine_lift: bool = False):
         super().__init__()
         axes = tuple(int(a) for a in axes)
         lift = tuple(lift)
@@ -180,7 +183,7 @@ class Projection25D(nn.Module):
             raise ValueError(f"scale must be 1, 2 or 'auto', got {scale!r}")
         self.axes, self.directions, self.train_directions = axes, directions, train_directions
         self.mode, self.features, self.lift_kinds, self.aux_loss = mode, features, lift, aux_loss
-        self.out_channels, self.scale = out_channels, scale
+        self.out_channels, self.scale, self.fine_lift = out_channels, scale, bool(fine_lift)
         core_channels = in_channels * (2 if scale == 2 else 1)  # average- and max-pooled at scale 2
         self.unet = UNet(2, core_channels, features * len(lift), **(unet or {}))
         n_views = directions * len(axes)
@@ -195,7 +198,7 @@ class Projection25D(nn.Module):
         else:
             self.head = VolumeHead(core_channels + evidence, out_channels, head_channels, head_layers)
         self.head_kind = head
-        fine = features + 1 if "mip" in lift else 0
+        fine = features + 1 if self.fine_lifting else 0
         self.refinement = Refinement(in_channels, out_channels, fine) if scale == 2 else None
         self.unet_frozen = False
         self._geometries: dict[tuple, object] = {}
@@ -236,8 +239,9 @@ class Projection25D(nn.Module):
 
     @property
     def fine_lifting(self) -> bool:
-        """At ``scale=2`` with MIP lifting, the views' features are also lifted onto the full-resolution grid."""
-        return self.scale == 2 and "mip" in self.lift_kinds
+        """With ``fine_lift`` at ``scale=2`` and MIP lifting, the views' features are also lifted onto the
+        full-resolution grid."""
+        return self.fine_lift and self.scale == 2 and "mip" in self.lift_kinds
 
     def encode(self, x: torch.Tensor, views: torch.Tensor) -> tuple:
         """Project onto ``views`` and run the 2D U-Net: ``(features (B, F, m, V, U), mip_argmax, views)``."""
@@ -336,7 +340,7 @@ class Projection25D(nn.Module):
 def projection25d(in_channels: int, out_channels: int, *, preset: str = "default", axes=None, directions=None,
                   train_directions=None, mode=None, features=None, lift=None, filter_init=None,
                   filter_per_view=None, filter_size=None, head=None, head_channels=None, head_layers=None,
-                  unet=None, aux_loss=None, scale=None) -> Projection25D:
+                  unet=None, aux_loss=None, scale=None, fine_lift=None) -> Projection25D:
     """The random 2.5D U-Net; ``preset`` is ``"default"`` or ``"paper"`` (the seed's exact configuration).
 
     Options left as None take the preset's value; ``unet`` options are merged into the preset's.
@@ -346,7 +350,8 @@ def projection25d(in_channels: int, out_channels: int, *, preset: str = "default
     options = dict(PRESETS[preset])
     given = dict(axes=axes, directions=directions, train_directions=train_directions, mode=mode, features=features,
                  lift=lift, filter_init=filter_init, filter_per_view=filter_per_view, filter_size=filter_size,
-                 head=head, head_channels=head_channels, head_layers=head_layers, aux_loss=aux_loss, scale=scale)
+                 head=head, head_channels=head_channels, head_layers=head_layers, aux_loss=aux_loss, scale=scale,
+                 fine_lift=fine_lift)
     options.update({k: v for k, v in given.items() if v is not None})
     options["unet"] = {**options["unet"], **(unet or {})}
     model = Projection25D(in_channels, out_channels, **options)

@@ -163,4 +163,16 @@ def load_config(name_or_file: str | os.PathLike | None = None, overrides: list[s
         config["model"]["options"] = {}
     for text in options:
         apply_override(config, text)
+    _check_counts(config)
     return config
+
+
+_POSITIVE = ("max_steps", "batch_size", "slices_per_step", "checkpoint_every", "val_every")
+
+
+def _check_counts(config: dict) -> None:
+    """Step counts and sizes must be positive integers (a zero interval would never fire, or divide by zero)."""
+    for key in _POSITIVE:
+        value = config["train"][key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InputError(f"train.{key}", f"must be a positive integer, got {value!r}")

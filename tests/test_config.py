@@ -15,12 +15,12 @@ def test_presets_listed_and_load():
     vessels = load_config("vessels")
     assert vessels["model"]["name"] == "projection25d"
     assert vessels["model"]["options"] == {"preset": "default", "scale": "auto"}
-    assert vessels["train"]["max_steps"] == 400 and vessels["train"]["path2_fraction"] == 0.15
+    assert vessels["train"]["max_steps"] == 1500 and vessels["train"]["path2_fraction"] == 0.15
     assert vessels["augment"]["flip_axes"] == [0, 1, 2]
     gi = load_config("gi")
     assert gi["model"]["name"] == "slicestack25d"
     assert gi["model"]["options"]["slices"] == 3 and gi["model"]["options"]["stride"] == 2
-    assert gi["data"]["spacing"] == [3.0, 1.5, 1.5]
+    assert gi["data"]["spacing"] == [3.0, 2.0, 2.0]
     assert gi["loss"]["ce_weight"] == 0.25
     # keys a preset does not set keep their defaults
     assert gi["train"]["seed"] == DEFAULTS["train"]["seed"]
@@ -174,3 +174,10 @@ def test_a_new_model_name_drops_the_presets_model_options():
     assert config["model"]["options"] == {"scale": 2}
     config = load_config("gi", ["model.options.stride=1"])  # same model: the preset's options stay
     assert config["model"]["options"]["stride"] == 1 and config["model"]["options"]["slices"] == 3
+
+
+@pytest.mark.parametrize("override", ["train.val_every=0", "train.max_steps=-1", "train.checkpoint_every=2.5",
+                                      "train.slices_per_step=true"])
+def test_step_counts_must_be_positive_integers(override):
+    with pytest.raises(InputError, match=f"{override.split('=')[0]}: must be a positive integer"):
+        load_config("vessels", [override])

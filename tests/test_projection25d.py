@@ -59,7 +59,8 @@ def test_presets_full_size_shapes(preset):
     ({"head": "paper", "features": 2, "lift": ("backproject",), "axes": (1,)}, 2, 2),
     ({"filter_per_view": True, "filter_init": "ramp"}, 1, 1),
     ({"scale": 2}, 2, 1),
-    ({"scale": 2, "lift": ("backproject",)}, 1, 1),  # no MIP lifting: no full-resolution evidence
+    ({"scale": 2, "fine_lift": True}, 2, 1),
+    ({"scale": 2, "lift": ("backproject",), "fine_lift": True}, 1, 1),  # no MIP lifting: nothing to fine-lift
     ({"scale": 2, "mode": "radon"}, 2, 2),
 ])
 def test_output_shapes(options, out_channels, in_channels):
@@ -282,7 +283,8 @@ def test_resolve_scale_by_volume_size():
 
 @pytest.mark.parametrize("shape", [(8, 12, 10), (9, 13, 11)])  # odd sizes are padded to even and cropped back
 def test_scale2_works_on_a_half_resolution_grid(shape):
-    model = _tiny(1, scale=2).eval()
+    assert _tiny(1, scale=2).encode(torch.randn(1, 1, *shape), torch.arange(2))[3] is None  # fine_lift off
+    model = _tiny(1, scale=2, fine_lift=True).eval()
     x = torch.randn(1, 1, *shape)
     core = model.core_input(x)
     assert core.shape == (1, 2, *((n + 1) // 2 for n in shape))  # average- and max-pooled
@@ -290,7 +292,7 @@ def test_scale2_works_on_a_half_resolution_grid(shape):
         torch.nn.functional.pad(x, [p for n in reversed(shape) for p in (0, n % 2)], mode="replicate"), 2)[:, 0])
     features, argmax, views, fine_argmax = model.encode(x, model.all_views())
     assert features.shape[-2:] == model.geometry(core.shape[2:]).detector_shape
-    assert fine_argmax is not None  # MIP lifting at scale 2 also lifts onto the full grid
+    assert fine_argmax is not None  # fine_lift: MIP lifting at scale 2 also lifts onto the full grid
     with torch.no_grad():
         assert model(x).shape == (1, 1, *shape)
     labels = (torch.rand(1, 1, *shape) > 0.9).float()
