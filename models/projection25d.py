@@ -150,7 +150,7 @@ class Projection25D(nn.Module):
             followed by :class:`Refinement` at full resolution. ``"auto"`` must be resolved from the
             training volumes' size with :func:`resolve_scale` before building (the trainer does).
         fine_lift: at ``scale=2`` with MIP lifting, also MIP-lift the views' features onto the full-resolution
-            grid for the refinement. Off by default: measured at 128^3 it cost about 70 % more step time and
+            grid for the refinement. Off by default: measured at 128^3 it cost about 45 % more step time and
             twice the inference time for no Dice gain beyond noise (docs/benchmarks.md).
     """
 
