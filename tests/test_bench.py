@@ -80,3 +80,16 @@ def test_scaling_figure_marks_failed_runs(tmp_path):
     scaling.scaling_figure(frame, tmp_path / "s.png")
     assert (tmp_path / "s.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert np.isfinite(frame.loc[frame.status == "ok", "step_seconds"]).all()
+
+
+def test_ablation_runs_the_chosen_entries_in_ladder_order(monkeypatch, tmp_path):
+    from seg25d.pipeline.bench import ablation
+
+    seen = {}
+    monkeypatch.setattr(ablation, "run_entries", lambda entries, *args, **kw: seen.setdefault("entries", entries))
+    ablation.bench_ablation("m.csv", 1, tmp_path, entries=[4, 1, 4])
+    labels = list(ablation.ABLATIONS)
+    assert [e[0] for e in seen["entries"]] == [labels[0], labels[3]]
+    assert seen["entries"][0][2] == {"preset": "paper"} and all(e[1] == "projection25d" for e in seen["entries"])
+    with pytest.raises(InputError, match="no ablation entries \\[13\\]"):
+        ablation.bench_ablation("m.csv", 1, tmp_path, entries=[13])

@@ -7,6 +7,7 @@ Every entry trains ``projection25d`` under the same time budget on the same spli
 from __future__ import annotations
 
 from seg25d.pipeline.bench.compare import run_entries
+from seg25d.pipeline.errors import InputError
 
 __all__ = ["ABLATIONS", "bench_ablation"]
 
@@ -29,8 +30,14 @@ ABLATIONS: dict[str, tuple[dict, tuple]] = {
 }
 
 
-def bench_ablation(manifest, budget_minutes: float, out_dir, seed: int = 0, only=None):
-    """Run the ablation ladder (or the entries named in ``only``); writes ablation.csv/json/md."""
-    entries = [(label, "projection25d", options, extra) for label, (options, extra) in ABLATIONS.items()
-               if not only or label in only]
+def bench_ablation(manifest, budget_minutes: float, out_dir, seed: int = 0, entries=None):
+    """Run the ablation ladder, or its ``entries`` (numbers from 1 in :data:`ABLATIONS` order); writes
+    ablation.csv/json/md."""
+    numbers = list(entries or range(1, len(ABLATIONS) + 1))
+    bad = [n for n in numbers if not 1 <= n <= len(ABLATIONS)]
+    if bad:
+        raise InputError("--entries", f"no ablation entries {bad}; there are 1 to {len(ABLATIONS)}")
+    ladder = list(ABLATIONS.items())
+    entries = [(label, "projection25d", options, extra) for label, (options, extra) in
+               (ladder[n - 1] for n in sorted(set(numbers)))]
     return run_entries(entries, manifest, budget_minutes, out_dir, seed, "vessels", (), name="ablation")

@@ -39,6 +39,8 @@ def register(subparsers) -> None:
     ablation.add_argument("--budget-minutes", type=float, required=True, help="training time per entry")
     ablation.add_argument("--out", type=Path, required=True, help="folder for runs and ablation.csv/json/md")
     ablation.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
+    ablation.add_argument("--entries", type=int, nargs="+", metavar="N",
+                          help="run only these entries of the ladder, numbered from 1 as in the docs (default all)")
     ablation.set_defaults(func=_ablation)
 
     oracle = sub.add_parser("oracle", help="Dice of perfect view masks lifted back, per direction set")
@@ -94,7 +96,7 @@ def _compare(args) -> int:
 def _ablation(args) -> int:
     from seg25d.pipeline.bench.ablation import bench_ablation
 
-    bench_ablation(args.manifest, args.budget_minutes, args.out, args.seed)
+    bench_ablation(args.manifest, args.budget_minutes, args.out, args.seed, entries=args.entries)
     print((args.out / "ablation.md").read_text())
     return 0
 
