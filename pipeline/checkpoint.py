@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from seg25d.pipeline.atomic import atomic_path
-from seg25d.pipeline.errors import InputError
+from seg25d.pipeline.errors import InputError, error_line
 
 __all__ = ["save_checkpoint", "load_checkpoint", "load_model", "rng_state", "set_rng_state", "FORMAT"]
 
@@ -33,7 +33,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise InputError(path, f"not a readable checkpoint ({type(err).__name__}: {(str(err).splitlines() or [''])[0]})") from None
+        raise InputError(path, f"not a readable checkpoint ({type(err).__name__}: {error_line(err, last=False)})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise InputError(path, f"not a seg25d checkpoint (expected format {FORMAT})")
     return payload

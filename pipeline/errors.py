@@ -16,3 +16,10 @@ class InputError(ValueError):
         self.where = None if where is None else str(where)
         self.problem = problem = " ".join(str(problem).split()) or "error"
         super().__init__(problem if where is None else f"{where}: {problem}")
+
+
+def error_line(err: BaseException, last: bool = True) -> str:
+    """One line of a library's (often multi-line) error message: the last (SimpleITK, PIL put the reason
+    there) or the first (torch's unpickling errors); ``"?"`` when empty."""
+    lines = str(err).strip().splitlines() or ["?"]
+    return lines[-1] if last else lines[0]

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from seg25d.pipeline.errors import InputError
+from seg25d.pipeline.errors import InputError, error_line
 from seg25d.pipeline.io.base import Volume, VolumeIO, VolumeMeta, itk_geometry_from_ras, ras_affine_from_itk
 
 __all__ = ["SimpleITKIO"]
@@ -39,7 +39,7 @@ class SimpleITKIO(VolumeIO):
         except InputError:
             raise
         except Exception as err:
-            raise InputError(path, f"cannot read image ({(str(err).strip().splitlines() or ['?'])[-1]})") from None
+            raise InputError(path, f"cannot read image ({error_line(err)})") from None
         if img.GetNumberOfComponentsPerPixel() != 1:
             raise InputError(path, f"expected a scalar volume, got {img.GetNumberOfComponentsPerPixel()} components per voxel")
         if img.GetDimension() == 4 and img.GetSize()[3] == 1:

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from seg25d.pipeline.errors import InputError
+from seg25d.pipeline.errors import InputError, error_line
 from seg25d.pipeline.kaggle.rle import rle_decode
 
 __all__ = [
@@ -355,7 +355,7 @@ def load_case_day(case_day: CaseDay, labels: pd.DataFrame | None = None) -> Case
         try:
             itk = sitk.ReadImage(str(sf.path))
         except RuntimeError as err:
-            raise InputError(sf.path, f"cannot read PNG: {(str(err).strip().splitlines() or ['?'])[-1]}") from None
+            raise InputError(sf.path, f"cannot read PNG: {error_line(err)}") from None
         if itk.GetNumberOfComponentsPerPixel() != 1:
             raise InputError(sf.path, f"expected a single-channel (grey) PNG, found "
                                       f"{itk.GetNumberOfComponentsPerPixel()} channels")
