@@ -42,13 +42,15 @@ PRESETS: dict[str, dict] = {
     # The seed's configuration: one rotation axis, MIP, one channel per class, F (ramp) + backprojection, T.
     "paper": dict(axes=(0,), directions=32, train_directions=8, mode="mip", features=None, lift=("backproject",),
                   filter_init="ramp", filter_per_view=True, filter_size=63, head="paper", head_channels=8,
-                  head_layers=1, unet={"depth": 4, "base_channels": 16}, aux_loss=False, scale=1, fine_lift=False),
-    # Three rotation axes, several feature channels lifted by backprojection and by MIP lifting, a head that
-    # sees the input volume, and a 2D auxiliary loss on the views (see docs/benchmarks.md for each step's effect).
-    "default": dict(axes=(0, 1, 2), directions=8, train_directions=6, mode="mip", features=2,
-                    lift=("backproject", "mip"), filter_init="identity", filter_per_view=False, filter_size=63,
+                  head_layers=1, unet={"depth": 4, "base_channels": 16}, aux_loss=False, scale=1, fine_lift=False,
+                  slabs=1),
+    # Three rotation axes, several feature channels MIP-lifted (each put back at the depth its ray's maximum came
+    # from), a head that sees the input volume, and a 2D auxiliary loss on the views (see docs/benchmarks.md for
+    # each step's effect; adding backprojected channels measured worse and slower).
+    "default": dict(axes=(0, 1, 2), directions=8, train_directions=3, mode="mip", features=2,
+                    lift=("mip",), filter_init="identity", filter_per_view=False, filter_size=63,
                     head="volume", head_channels=8, head_layers=1, unet={"depth": 4, "base_channels": 16},
-                    aux_loss=True, scale=1, fine_lift=False),
+                    aux_loss=True, scale=1, fine_lift=False, slabs=3),
 }
 LIFTS = ("backproject", "mip")
 
@@ -152,13 +154,16 @@ class Projection25D(nn.Module):
         fine_lift: at ``scale=2`` with MIP lifting, also MIP-lift the views' features onto the full-resolution
             grid for the refinement. Off by default: measured at 128^3 it cost about 45 % more step time and
             twice the inference time for no Dice gain beyond noise (docs/benchmarks.md).
+        slabs: MIP views only: each view gives ``slabs`` thick-slab MIPs (one per band of depth along its rays),
+            each segmented by the U-Net and MIP-lifted from its own maxima, so that structures hidden behind
+            brighter ones on the same ray are seen; backprojection lifts each view's mean over its slabs.
     """
 
     def __init__(self, in_channels: int, out_channels: int, *, axes=(0, 1, 2), directions: int = 8,
-                 train_directions: int = 6, mode: str = "mip", features: int | None = 2, lift=("backproject", "mip"),
+                 train_directions: int = 3, mode: str = "mip", features: int | None = 2, lift=("mip",),
                  filter_init: str = "identity", filter_per_view: bool = False, filter_size: int = 63,
                  head: str = "volume", head_channels: int = 8, head_layers: int = 1, unet: dict | None = None,
-                 aux_loss: bool = True, scale: int = 1, fine_lift: bool = False):
+                 aux_loss: bool = True, scale: int = 1, fine_lift: bool = False, slabs: int = 3):
         super().__init__()
         axes = tuple(int(a) for a in axes)
         lift = tuple(lift)
@@ -174,6 +179,10 @@ class Projection25D(nn.Module):
         if features * len(lift) < out_channels:
             raise ValueError(f"features x lifts ({features} x {len(lift)}) must be >= out_channels ({out_channels}): "
                              "the first out_channels view channels are the views' 2D logits")
+        if int(slabs) < 1 or (int(slabs) > 1 and mode != "mip"):
+            raise ValueError(f"slabs must be 1, or > 1 with mode='mip' (slab maxima), got {slabs} with {mode!r}")
+        if int(slabs) > 1 and fine_lift:
+            raise ValueError("fine_lift works with one slab per view")
         if head not in ("paper", "volume"):
             raise ValueError(f"head must be 'paper' or 'volume', got {head!r}")
         if scale == "auto":
@@ -184,6 +193,7 @@ class Projection25D(nn.Module):
         self.axes, self.directions, self.train_directions = axes, directions, train_directions
         self.mode, self.features, self.lift_kinds, self.aux_loss = mode, features, lift, aux_loss
         self.out_channels, self.scale, self.fine_lift = out_channels, scale, bool(fine_lift)
+        self.slabs = int(slabs)
         core_channels = in_channels * (2 if scale == 2 else 1)  # average- and max-pooled at scale 2
         self.unet = UNet(2, core_channels, features * len(lift), **(unet or {}))
         n_views = directions * len(axes)
@@ -244,11 +254,12 @@ class Projection25D(nn.Module):
         return self.fine_lift and self.scale == 2 and "mip" in self.lift_kinds
 
     def encode(self, x: torch.Tensor, views: torch.Tensor) -> tuple:
-        """Project onto ``views`` and run the 2D U-Net: ``(features (B, F, m, V, U), mip_argmax, views)``."""
+        """Project onto ``views`` and run the 2D U-Net: ``(features (B, F, m * slabs, V, U), mip_argmax, views,
+        fine_argmax)``."""
         core = self.core_input(x)
         geometry = self.geometry(core.shape[2:])[views.cpu().numpy()]
         argmax = None
-        mip = MaxIntensityProjection(geometry)
+        mip = MaxIntensityProjection(geometry, self.slabs)
         if self.mode == "mip":
             if "mip" in self.lift_kinds and core.shape[1] == 1:
                 images, argmax = mip.with_argmax(core)
@@ -263,7 +274,7 @@ class Projection25D(nn.Module):
         if self.fine_lifting:
             xp = _pad_even(x)
             fine = self.geometry(xp.shape[2:])[views.cpu().numpy()]
-            _, fine_argmax = MaxIntensityProjection(fine).with_argmax(xp.mean(dim=1, keepdim=True))
+            _, fine_argmax = MaxIntensityProjection(fine, self.slabs).with_argmax(xp.mean(dim=1, keepdim=True))
         b, c, m, v, u = images.shape
         out = self.unet(images.transpose(1, 2).reshape(b * m, c, v, u))
         return out.view(b, m, out.shape[1], v, u).transpose(1, 2), argmax, views, fine_argmax
@@ -278,9 +289,12 @@ class Projection25D(nn.Module):
         groups = dict(zip(self.lift_kinds, features.split(self.features, dim=1)))
         if "backproject" in groups:
             view_index = views.to(features.device) if self.filtration.weight.shape[0] > 1 else None
-            parts.append(RayBackprojection(geometry)(self.filtration(groups["backproject"] / m, view_index)))
+            per_view = groups["backproject"]
+            if self.slabs > 1:
+                per_view = per_view.unflatten(2, (m, self.slabs)).mean(dim=3)
+            parts.append(RayBackprojection(geometry)(self.filtration(per_view / m, view_index)))
         if "mip" in groups:
-            mip = MaxIntensityProjection(geometry)
+            mip = MaxIntensityProjection(geometry, self.slabs)
             ones = torch.ones_like(groups["mip"][:, :1])
             parts.append(mip.lift(torch.cat([groups["mip"], ones], dim=1) / m, argmax))  # last: maxima per voxel
         evidence = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
@@ -291,7 +305,7 @@ class Projection25D(nn.Module):
                 xp = _pad_even(x)
                 fine = self.geometry(xp.shape[2:])[views.cpu().numpy()]
                 lifted = resample_views(torch.cat([groups["mip"], ones], dim=1) / m, geometry, fine, 2.0)
-                fine_evidence = MaxIntensityProjection(fine).lift(lifted, fine_argmax)
+                fine_evidence = MaxIntensityProjection(fine, self.slabs).lift(lifted, fine_argmax)
                 fine_evidence = fine_evidence[(slice(None), slice(None), *(slice(0, n) for n in x.shape[2:]))]
             logits = self.refinement(logits, x, fine_evidence)
         return logits
@@ -299,7 +313,7 @@ class Projection25D(nn.Module):
     def forward(self, x: torch.Tensor, views: torch.Tensor | None = None, return_views: bool = False):
         """Path 1 in training mode (random ``train_directions`` views), all views in eval mode.
 
-        With ``return_views`` also returns ``(view_logits (B, K, m, V, U), views)`` for a 2D auxiliary loss.
+        With ``return_views`` also returns ``(view_logits (B, K, m * slabs, V, U), views)`` for a 2D auxiliary loss.
         """
         if views is None:
             views = self.draw_views() if self.training and not self.unet_frozen else self.all_views()
@@ -332,7 +346,7 @@ class Projection25D(nn.Module):
         if self.scale == 2:
             labels = self.core_input(labels)[:, labels.shape[1]:]  # the max-pooled half
         geometry = self.geometry(labels.shape[2:])[views.cpu().numpy()]
-        projected = MaxIntensityProjection(geometry)(labels)
+        projected = MaxIntensityProjection(geometry, self.slabs)(labels)
         return (projected >= 0.5).to(projected.dtype)
 
 
@@ -340,10 +354,12 @@ class Projection25D(nn.Module):
 def projection25d(in_channels: int, out_channels: int, *, preset: str = "default", axes=None, directions=None,
                   train_directions=None, mode=None, features=None, lift=None, filter_init=None,
                   filter_per_view=None, filter_size=None, head=None, head_channels=None, head_layers=None,
-                  unet=None, aux_loss=None, scale=None, fine_lift=None) -> Projection25D:
+                  unet=None, aux_loss=None, scale=None, fine_lift=None, slabs=None) -> Projection25D:
     """The random 2.5D U-Net; ``preset`` is ``"default"`` or ``"paper"`` (the seed's exact configuration).
 
-    Options left as None take the preset's value; ``unet`` options are merged into the preset's.
+    Options left as None take the preset's value; ``unet`` options are merged into the preset's. The preset's
+    ``features`` grows, where needed, to give each class its own view logit (``features x lifts >= classes``), and
+    its ``slabs`` fall back to 1 with Radon input or ``fine_lift``.
     """
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; available: {', '.join(PRESETS)}")
@@ -351,8 +367,12 @@ def projection25d(in_channels: int, out_channels: int, *, preset: str = "default
     given = dict(axes=axes, directions=directions, train_directions=train_directions, mode=mode, features=features,
                  lift=lift, filter_init=filter_init, filter_per_view=filter_per_view, filter_size=filter_size,
                  head=head, head_channels=head_channels, head_layers=head_layers, aux_loss=aux_loss, scale=scale,
-                 fine_lift=fine_lift)
+                 fine_lift=fine_lift, slabs=slabs)
     options.update({k: v for k, v in given.items() if v is not None})
+    if features is None and options["features"] is not None and options["lift"]:  # grows to fit the classes
+        options["features"] = max(options["features"], -(-out_channels // len(options["lift"])))
+    if slabs is None and (options["mode"] != "mip" or options["fine_lift"]):  # slabs are MIP maxima
+        options["slabs"] = 1
     options["unet"] = {**options["unet"], **(unet or {})}
     model = Projection25D(in_channels, out_channels, **options)
     model.resolved_options = {"preset": preset, **options}

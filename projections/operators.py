@@ -52,6 +52,7 @@ class _AxisGroup:
         self.sparse = scipy.sparse.csr_matrix((vals, (rows, cols)), shape=shape)
         self.n_plane = shape[1]
         self._subsets: collections.OrderedDict = collections.OrderedDict()
+        self._slab_index: dict[tuple[int, int], torch.Tensor] = {}
         perm = (2 + self.p, 2 + self.q, 2 + self.axis, 0, 1)
         self.perm, self.inverse = perm, tuple(int(i) for i in np.argsort(perm))
 
@@ -111,8 +112,23 @@ class _AxisGroup:
         _, matrix_t = self.matrices(local)
         return self.from_plane(torch.sparse.mm(matrix_t, self.to_volume_rows(y)), y.shape[0], y.shape[1])
 
-    def mip(self, x, want_argmax: bool, local: np.ndarray):
-        """MIP of the group's views ``local`` (positions in this group): ``(B, C, len(local), V, U)``."""
+    def slab_samples(self, k: int, slabs: int) -> torch.Tensor | None:
+        """Sample indices ``(slabs, L)`` of ``slabs`` equal bands of a ray's ``k`` samples (shorter bands repeat
+        their last sample, which changes neither maximum nor argmax); None for one slab."""
+        if slabs == 1:
+            return None
+        if k < slabs:
+            raise ValueError(f"{slabs} slabs need at least {slabs} samples per ray, the volume has {k}")
+        if (k, slabs) not in self._slab_index:
+            bounds = [j * k // slabs for j in range(slabs + 1)]
+            length = max(b - a for a, b in zip(bounds, bounds[1:]))
+            index = [[min(a + t, b - 1) for t in range(length)] for a, b in zip(bounds, bounds[1:])]
+            self._slab_index[(k, slabs)] = torch.tensor(index, device=self.device)
+        return self._slab_index[(k, slabs)]
+
+    def mip(self, x, want_argmax: bool, local: np.ndarray, slabs: int = 1):
+        """MIP of the group's views ``local`` (positions in this group): ``(B, C, len(local) * slabs, V, U)``,
+        each view's ``slabs`` images in order of depth along the ray's major axis."""
         b, c = x.shape[:2]
         rows = self.geometry.shape[self.axis]
         cols = rows * b * c
@@ -122,42 +138,51 @@ class _AxisGroup:
         fill = x.amin(dim=(2, 3, 4)).reshape(b * c).repeat(rows)  # per item and channel, tiled like the columns
         xe[-1] = fill
         u_count = self.geometry.detector_shape[1]
-        out = xe.new_empty(len(local), u_count, cols)
+        out = xe.new_empty(len(local), slabs, u_count, cols)
         args = torch.empty(out.shape, dtype=torch.long, device=x.device) if want_argmax else None
         for n, view in enumerate(local):
             i0, i1, alpha, k = self.mip_tables[view]
+            index = self.slab_samples(k, slabs)
             chunk = max(1, _CHUNK // (k * cols))
             for s in range(0, u_count, chunk):
                 e = min(u_count, s + chunk)
                 sl = slice(s * k, e * k)
                 v = torch.lerp(xe.index_select(0, i0[sl]), xe.index_select(0, i1[sl]), alpha[sl]).view(e - s, k, cols)
+                v = v.unsqueeze(1) if index is None else v[:, index]  # (e - s, slabs, L, cols)
                 if want_argmax:
-                    torch.max(v, dim=1, out=(out[n, s:e], args[n, s:e]))
+                    values, where = torch.max(v, dim=2)
+                    out[n, :, s:e] = values.transpose(0, 1)
+                    if index is not None:
+                        where = torch.gather(index.expand(e - s, -1, -1), 2, where)
+                    args[n, :, s:e] = where.transpose(0, 1)
                 else:
-                    torch.amax(v, dim=1, out=out[n, s:e])
-        y = self.from_volume_rows(out.view(-1, cols), b, c, len(local))
+                    out[n, :, s:e] = torch.amax(v, dim=2).transpose(0, 1)
+        y = self.from_volume_rows(out.view(-1, cols), b, c, len(local) * slabs)
         if self.offset or y.shape[3] != rows:  # rows beyond the volume see nothing: fill value
             mask = torch.zeros(y.shape[3], dtype=torch.bool, device=y.device)
             mask[self.offset:self.offset + rows] = True
             y = torch.where(mask[:, None], y, fill.view(rows, b, c)[0].view(b, c, 1, 1, 1))
-        return y, args
+        return y, (args.view(-1, u_count, cols) if want_argmax else None)
 
     def mip_lift(self, y, args, local: np.ndarray):
-        """``y`` holds the views ``local`` of this group, in order; ``args`` from :meth:`mip` on them.
+        """``y`` holds the views ``local`` of this group, in order (each view's slabs consecutive); ``args``
+        from :meth:`mip` on them.
 
         Maxima of a one-channel volume serve every channel of ``y``.
         """
         b, c = y.shape[:2]
         rows, u_count = self.geometry.shape[self.axis], self.geometry.detector_shape[1]
+        images = args.shape[0]
+        slabs = images // len(local)
         if args.shape[-1] != rows * b * c:
-            args = args.view(len(local), u_count, rows, b, 1).expand(-1, -1, -1, -1, c).reshape(len(local), u_count, -1)
-        yt = self.to_volume_rows(y).view(len(local), -1, args.shape[-1])
+            args = args.view(images, u_count, rows, b, 1).expand(-1, -1, -1, -1, c).reshape(images, u_count, -1)
+        yt = self.to_volume_rows(y).view(images, -1, args.shape[-1])
         n_plane = self.n_plane
         cols = yt.shape[-1]
         out = yt.new_zeros((n_plane + 1) * cols)
         column = torch.arange(cols, device=y.device)
-        for n, view in enumerate(local):
-            i0, i1, alpha, k = self.mip_tables[view]
+        for n in range(images):
+            i0, i1, alpha, k = self.mip_tables[local[n // slabs]]
             s = torch.arange(yt.shape[1], device=y.device)[:, None] * k + args[n]
             a = alpha[:, 0][s]
             out.index_add_(0, (i0[s] * cols + column).reshape(-1), (yt[n] * (1 - a)).reshape(-1))
@@ -196,7 +221,9 @@ class _GeneralGroup:
                   for n, yv in zip(local, self._views(y)))
         return self._volume(out, *y.shape[:2])
 
-    def mip(self, x, want_argmax: bool, local: np.ndarray):
+    def mip(self, x, want_argmax: bool, local: np.ndarray, slabs: int = 1):
+        if slabs != 1:
+            raise NotImplementedError("slab MIP is implemented for views about a coordinate axis only")
         xt = self._flat(x)
         results = [general_views.mip(self.geometry, self.views[n], xt, want_argmax) for n in local]
         y = self._stack([r[0] for r in results], *x.shape[:2])
@@ -246,18 +273,24 @@ class _PlanView:
             raise ValueError(f"expected a volume (B, C, {', '.join(map(str, self.geometry.shape))}), "
                              f"got {tuple(x.shape)}")
 
-    def _check_projections(self, y):
-        expected = (len(self.views), *self.geometry.detector_shape)
+    def _check_projections(self, y, slabs: int = 1):
+        expected = (len(self.views) * slabs, *self.geometry.detector_shape)
         if y.dim() != 5 or tuple(y.shape[2:]) != expected:
             raise ValueError(f"expected projections (B, C, {', '.join(map(str, expected))}), got {tuple(y.shape)}")
 
-    def _place(self, parts, x):
-        """Assemble per-group results ``(positions, images)`` into ``(B, C, len(views), V, U)``."""
+    @staticmethod
+    def _images(positions, slabs: int, device) -> torch.Tensor:
+        """Image indices of the views at ``positions`` when each view has ``slabs`` consecutive images."""
+        positions = torch.as_tensor(positions, device=device)
+        return (positions[:, None] * slabs + torch.arange(slabs, device=device)).reshape(-1)
+
+    def _place(self, parts, x, slabs: int = 1):
+        """Assemble per-group results ``(positions, images)`` into ``(B, C, len(views) * slabs, V, U)``."""
         if len(parts) == 1:
             return parts[0][1]
-        out = x.new_empty(x.shape[0], x.shape[1], len(self.views), *self.geometry.detector_shape)
+        out = x.new_empty(x.shape[0], x.shape[1], len(self.views) * slabs, *self.geometry.detector_shape)
         for positions, part in parts:
-            out.index_copy_(2, torch.as_tensor(positions, device=x.device), part)
+            out.index_copy_(2, self._images(positions, slabs, x.device), part)
         return out
 
     def radon(self, x):
@@ -277,19 +310,20 @@ class _PlanView:
             out = part.contiguous() if out is None else out.add_(part)
         return out
 
-    def mip(self, x, want_argmax=False):
+    def mip(self, x, want_argmax=False, slabs: int = 1):
         self._check_volume(x)
         x = x.contiguous()
-        results = [(positions, *group.mip(x, want_argmax, local))
+        results = [(positions, *group.mip(x, want_argmax, local, slabs))
                    for group, local, positions in self.plan.split(self.views)]
-        return self._place([(p, img) for p, img, _ in results], x), [arg for _, _, arg in results]
+        return self._place([(p, img) for p, img, _ in results], x, slabs), [arg for _, _, arg in results]
 
     def mip_lift(self, y, args):
-        self._check_projections(y)
+        slabs = y.shape[2] // max(1, len(self.views))
+        self._check_projections(y, slabs)
         y = y.contiguous()
         out = None
         for (group, local, positions), arg in zip(self.plan.split(self.views), args):
-            part = group.mip_lift(y.index_select(2, torch.as_tensor(positions, device=y.device)), arg, local)
+            part = group.mip_lift(y.index_select(2, self._images(positions, slabs, y.device)), arg, local)
             out = part.contiguous() if out is None else out.add_(part)
         return out
 
@@ -332,14 +366,14 @@ class _BackprojectFn(torch.autograd.Function):
 
 class _MIPFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, geometry):
+    def forward(ctx, x, geometry, slabs):
         ctx.geometry = geometry
-        y, ctx.args = projector_plan(geometry, x).mip(x, want_argmax=True)
+        y, ctx.args = projector_plan(geometry, x).mip(x, want_argmax=True, slabs=slabs)
         return y
 
     @staticmethod
     def backward(ctx, grad):
-        return projector_plan(ctx.geometry, grad).mip_lift(grad, ctx.args), None
+        return projector_plan(ctx.geometry, grad).mip_lift(grad, ctx.args), None, None
 
 
 class RayTransform:
@@ -393,20 +427,27 @@ class MaxIntensityProjection:
     Nonlinear, so it has no adjoint; its derivative sends a gradient to the voxels each maximum came
     from, and :meth:`lift` applies that same map to any detector data (e.g. 2D masks), given the
     ``argmax`` returned by :meth:`with_argmax`.
+
+    With ``slabs`` > 1 (views about a coordinate axis only) each ray gives ``slabs`` maxima, one per equal band
+    of its samples along the ray's major axis (thick-slab MIP): a structure hidden behind a brighter one on
+    the same ray shows in its own slab. Projections are then ``(B, C, P * slabs, V, U)``, each view's slabs
+    consecutive, nearest first.
     """
 
-    def __init__(self, geometry: Geometry):
-        self.geometry = geometry
+    def __init__(self, geometry: Geometry, slabs: int = 1):
+        if int(slabs) < 1:
+            raise ValueError(f"slabs must be >= 1, got {slabs}")
+        self.geometry, self.slabs = geometry, int(slabs)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.requires_grad:
-            return _MIPFn.apply(x, self.geometry)
-        return projector_plan(self.geometry, x).mip(x)[0]
+            return _MIPFn.apply(x, self.geometry, self.slabs)
+        return projector_plan(self.geometry, x).mip(x, slabs=self.slabs)[0]
 
     def with_argmax(self, x: torch.Tensor):
         """``(projections, argmax)``; ``argmax`` is opaque, for :meth:`lift`."""
         with torch.no_grad():
-            return projector_plan(self.geometry, x).mip(x, want_argmax=True)
+            return projector_plan(self.geometry, x).mip(x, want_argmax=True, slabs=self.slabs)
 
     def lift(self, y: torch.Tensor, argmax) -> torch.Tensor:
         """Put each detector value of ``y`` (B, C, P, V, U) into the voxels its ray's maximum came from.
@@ -420,4 +461,5 @@ class MaxIntensityProjection:
         raise NotImplementedError("MIP is nonlinear and has no adjoint; use lift() for its derivative's adjoint")
 
     def __repr__(self) -> str:
-        return f"MaxIntensityProjection({self.geometry!r})"
+        slabs = f", slabs={self.slabs}" if self.slabs > 1 else ""
+        return f"MaxIntensityProjection({self.geometry!r}{slabs})"

@@ -62,18 +62,22 @@ def test_presets_full_size_shapes(preset):
     ({"scale": 2, "fine_lift": True}, 2, 1),
     ({"scale": 2, "lift": ("backproject",), "fine_lift": True}, 1, 1),  # no MIP lifting: nothing to fine-lift
     ({"scale": 2, "mode": "radon"}, 2, 2),
+    ({"slabs": 2}, 2, 1),
+    ({"slabs": 3, "scale": 2, "lift": ("mip",)}, 1, 2),
 ])
 def test_output_shapes(options, out_channels, in_channels):
     model = _tiny(out_channels, in_channels, **options)
     x = _volume(channels=in_channels)
     logits, (view_logits, views) = model(x, return_views=True)
     assert logits.shape == (2, out_channels, *SHAPE)
-    assert view_logits.shape[:3] == (2, out_channels, model.train_directions) and len(views) == model.train_directions
+    images = model.train_directions * model.slabs
+    assert view_logits.shape[:3] == (2, out_channels, images) and len(views) == model.train_directions
+    assert model.project_labels(_masks(classes=out_channels), views).shape == view_logits.shape
     model.eval()
     with torch.no_grad():
         logits, (view_logits, views) = model(x, return_views=True)
     assert logits.shape == (2, out_channels, *SHAPE)
-    assert torch.equal(views, torch.arange(model.n_views)) and view_logits.shape[2] == model.n_views
+    assert torch.equal(views, torch.arange(model.n_views)) and view_logits.shape[2] == model.n_views * model.slabs
     assert torch.isfinite(logits).all()
 
 
@@ -110,7 +114,9 @@ def test_preset_options_and_overrides():
     ({"head": "paper", "features": 4}, "paper head"),
     ({"head": "paper", "features": 2}, "paper head"),  # two lifts: 2 * 2 + 1 channels
     ({"head": "paper", "features": 2, "lift": ("mip",)}, "paper head"),  # MIP lifting adds a count channel
-    ({"filter_init": "hann"}, "init"),
+    ({"filter_init": "hann", "lift": ("backproject",)}, "init"),
+    ({"slabs": 2, "mode": "radon"}, "slabs"),
+    ({"slabs": 2, "scale": 2, "fine_lift": True}, "fine_lift"),
 ])
 def test_invalid_options(options, match):
     with pytest.raises(ValueError, match=match):
@@ -118,7 +124,8 @@ def test_invalid_options(options, match):
 
 
 @pytest.mark.parametrize("options", [{}, {"mode": "radon"}, {"lift": ("mip",)}, {"features": 3, "axes": (0, 1)},
-                                     {"preset": "paper"}, {"scale": 2}])
+                                     {"preset": "paper"}, {"scale": 2},
+                                     {"slabs": 2}])
 def test_path1_every_parameter_gets_gradient(options):
     model = _tiny(2, **options)
     if model.filtration is not None and model.filtration.weight.shape[0] > 1:
@@ -258,16 +265,17 @@ def test_project_labels_binary(axes):
     labels = _masks(classes=2)
     views = model.all_views()
     projected = model.project_labels(labels, views)
-    assert projected.shape[:3] == (2, 2, len(views))
+    assert projected.shape[:3] == (2, 2, len(views) * model.slabs)
     assert set(torch.unique(projected).tolist()) == {0.0, 1.0}
     empty = model.project_labels(torch.zeros(1, 1, *SHAPE), views)
     assert not empty.any()
-    # bool labels work and every view of a non-empty mask sees it
+    # bool labels work and every view of a non-empty mask sees it (in the slab of its depth)
     one = torch.zeros(1, 1, *SHAPE, dtype=torch.bool)
     one[0, 0, 3, 4, 4] = True
     seen = model.project_labels(one, views)
     assert set(torch.unique(seen).tolist()) == {0.0, 1.0}
-    assert seen.flatten(3).amax(-1).all()
+    per_view = seen.unflatten(2, (len(views), model.slabs)).flatten(3).amax(-1)
+    assert per_view.all()
 
 
 def test_resolve_scale_by_volume_size():
@@ -310,3 +318,4 @@ def test_scale2_refinement_starts_from_the_upsampled_logits():
     with torch.no_grad():
         model.refinement.weight[0, 0] = 2.0  # the input's weight
     torch.testing.assert_close(model.refinement(coarse, x), up + 2.0 * x)
+

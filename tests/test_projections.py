@@ -533,6 +533,66 @@ def test_mip_lift_gradcheck(name):
     assert torch.autograd.gradcheck(lambda t: mip.lift(t, argmax), (y,))
 
 
+# ---------------------------------------------------------------------------------------------- slab MIP
+
+
+def _bands(n: int, slabs: int) -> list[slice]:
+    return [slice(j * n // slabs, (j + 1) * n // slabs) for j in range(slabs)]
+
+
+@pytest.mark.parametrize("slabs", [2, 3])
+@pytest.mark.parametrize("shape", [(5, 7, 9), (4, 12, 10)])
+def test_slab_mip_at_zero_about_d_is_the_max_over_bands_of_h(shape, slabs):
+    """At angle 0 the rays run along H: slab j is the maximum over the j-th of ``slabs`` equal bands of H rows."""
+    g = axis_geometry(shape, [0.0, PI / 2])
+    x = _rand(2, 3, *shape)
+    y = MaxIntensityProjection(g, slabs)(x)
+    U, H, W = g.detector_shape[1], shape[1], shape[2]
+    assert y.shape == (2, 3, 2 * slabs, shape[0], U)
+    off_w, off_h = (U - W) // 2, (U - H) // 2
+    for j, band in enumerate(_bands(H, slabs)):
+        assert torch.equal(y[:, :, j, :, off_w:off_w + W], x[:, :, :, band].amax(dim=3))
+    for j, band in enumerate(_bands(W, slabs)):  # at pi/2 the rays run along W (see the full-MIP test above)
+        assert torch.equal(y[:, :, slabs + j, :, off_h:off_h + H], x[..., band].amax(dim=4).flip(-1))
+
+
+def test_slab_mip_shows_a_voxel_hidden_behind_a_brighter_one():
+    x = torch.zeros(1, 1, 3, 8, 6, dtype=torch.float64)
+    x[0, 0, 1, 1, 2], x[0, 0, 1, 6, 2] = 2.0, 1.0  # same ray at angle 0 (along H), different depths
+    g = axis_geometry(x.shape[2:], [0.0])
+    full, slabs = MaxIntensityProjection(g)(x), MaxIntensityProjection(g, 2)(x)
+    off = (g.detector_shape[1] - 6) // 2
+    assert full[0, 0, 0, 1, off + 2] == 2.0
+    assert slabs[0, 0, 0, 1, off + 2] == 2.0 and slabs[0, 0, 1, 1, off + 2] == 1.0
+
+
+@pytest.mark.parametrize("name", ["axis-D", "axis-W", "multi-axis"])
+def test_slab_maxima_give_the_full_mip_and_their_gradient_is_lift(name):
+    g, slabs = _geometry(name), 3
+    mip = MaxIntensityProjection(g, slabs)
+    x = _rand(2, 2, *g.shape, seed=7)
+    y, argmax = mip.with_argmax(x)
+    full = MaxIntensityProjection(g)(x)
+    assert torch.equal(y.unflatten(2, (len(g), slabs)).amax(dim=3), full)
+    weights = _rand(*y.shape, seed=8)
+    leaf = x.clone().requires_grad_(True)
+    (mip(leaf) * weights).sum().backward()
+    torch.testing.assert_close(leaf.grad, mip.lift(weights, argmax), rtol=0, atol=0)
+    # each slab image's maximum is a voxel of its ray: lifting ones puts one unit per ray meeting the volume
+    fill = x.amin(dim=(2, 3, 4))[:, :, None, None, None]
+    hits = mip.lift(torch.ones_like(y) * (y != fill), argmax)
+    torch.testing.assert_close(hits.sum(dim=(2, 3, 4)), (y != fill).sum(dim=(2, 3, 4)).to(hits.dtype))
+
+
+def test_slab_mip_invalid_inputs_raise():
+    with pytest.raises(ValueError, match="slabs"):
+        MaxIntensityProjection(axis_geometry((3, 4, 5), [0.0]), 0)
+    with pytest.raises(ValueError, match="samples per ray"):
+        MaxIntensityProjection(axis_geometry((3, 2, 5), [0.0]), 3)(_rand(1, 1, 3, 2, 5))
+    with pytest.raises(NotImplementedError, match="coordinate axis"):
+        MaxIntensityProjection(_geometry("sphere"), 2)(_rand(1, 1, *_geometry("sphere").shape))
+
+
 # ------------------------------------------------------------------------------------------ geometry objects
 
 

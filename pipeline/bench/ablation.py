@@ -12,21 +12,27 @@ from seg25d.pipeline.errors import InputError
 __all__ = ["ABLATIONS", "bench_ablation"]
 
 _PAPER_3AXES = {"preset": "paper", "axes": [0, 1, 2], "directions": 8, "train_directions": 6}
+# the default before slab MIPs: backprojected and MIP-lifted channels, whole-ray MIPs, 6 views per step
+_BOTH = {"lift": ["backproject", "mip"], "slabs": 1, "train_directions": 6}
+_ONE_SLAB = {"slabs": 1, "train_directions": 6}
 
 # label -> (projection25d options, extra config overrides)
 ABLATIONS: dict[str, tuple[dict, tuple]] = {
     "paper: 1 axis, MIP, F (ramp) + backprojection, T": ({"preset": "paper"}, ()),
     "paper + three rotation axes": (_PAPER_3AXES, ()),
-    "+ MIP lifting, 2 channels per lift, volume head": ({"preset": "default", "aux_loss": False}, ()),
-    "+ 2D auxiliary loss = default": ({"preset": "default"}, ()),
-    "default, one rotation axis": ({"preset": "default", "axes": [0], "directions": 24}, ()),
-    "default, backprojection only": ({"preset": "default", "lift": ["backproject"], "features": 2}, ()),
-    "default, MIP lifting only": ({"preset": "default", "lift": ["mip"], "features": 2}, ()),
-    "default, Radon input": ({"preset": "default", "mode": "radon"}, ()),
-    "default, ramp filtration init": ({"preset": "default", "filter_init": "ramp"}, ()),
+    "+ MIP lifting, 2 channels per lift, volume head": ({"preset": "default", **_BOTH, "aux_loss": False}, ()),
+    "+ 2D auxiliary loss": ({"preset": "default", **_BOTH}, ()),
+    "both lifts, one rotation axis": ({"preset": "default", **_BOTH, "axes": [0], "directions": 24}, ()),
+    "backprojection only": ({"preset": "default", **_BOTH, "lift": ["backproject"]}, ()),
+    "MIP lifting only": ({"preset": "default", **_ONE_SLAB}, ()),
+    "both lifts, Radon input": ({"preset": "default", **_BOTH, "mode": "radon"}, ()),
+    "both lifts, ramp filtration init": ({"preset": "default", **_BOTH, "filter_init": "ramp"}, ()),
     "default, path 1 only": ({"preset": "default"}, ("train.schedule=\"path1\"",)),
     "default, path 1 / path 2 alternating": ({"preset": "default"}, ("train.schedule=\"alternate\"",)),
     "default at half resolution (scale 2)": ({"preset": "default", "scale": 2}, ()),
+    "both lifts, 3 slab MIPs per view, 3 views per step": ({"preset": "default", **_BOTH, "slabs": 3,
+                                                            "train_directions": 3}, ()),
+    "MIP lifting only, 3 slab MIPs per view, 3 views per step = default": ({"preset": "default"}, ()),
 }
 
 
