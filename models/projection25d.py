@@ -1,8 +1,9 @@
 """The random 2.5D U-Net (Angermann & Haltmeier 2019): project, segment in 2D, lift back to 3D.
 
-``x -> project (MIP or Radon) from P views -> shared 2D U-Net -> lift -> head -> logits``. Lifting uses the
-filtration F and the backprojection (the Radon adjoint) and, optionally, MIP lifting: each view's output
-put back at the depth its ray's maximum came from. The head is the seed's fine-tuning operator T
+``x -> project (MIP or Radon) from P views -> shared 2D U-Net -> lift -> head -> logits``. Lifting uses MIP
+lifting (each view's output put back at the depth its ray's maximum came from), the filtration F and the
+backprojection (the Radon adjoint), or both. With ``slabs`` each view gives one MIP per band of depth along
+its rays (thick-slab MIPs), so that structures hidden behind brighter ones on a ray are seen and lifted. The head is the seed's fine-tuning operator T
 (average pooling, learnable affine normalisation, sigmoid in the loss) or a light full-resolution head
 that also sees the input volume.
 

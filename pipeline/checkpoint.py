@@ -45,8 +45,11 @@ def load_model(path: str | os.PathLike, payload: dict | None = None):
 
     payload = payload or load_checkpoint(path)
     config = payload["model_config"]
+    options = dict(config["options"])
+    if config["name"] == "projection25d":
+        options.setdefault("slabs", 1)  # written before slab MIPs existed: whole-ray MIPs, not today's preset
     try:
-        model = build(config["name"], config["in_channels"], config["out_channels"], **config["options"])
+        model = build(config["name"], config["in_channels"], config["out_channels"], **options)
         model.load_state_dict(payload["model_state"])
     except (ValueError, RuntimeError, KeyError) as err:
         raise InputError(path, f"cannot rebuild the model ({err})") from None

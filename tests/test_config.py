@@ -15,7 +15,7 @@ def test_presets_listed_and_load():
     vessels = load_config("vessels")
     assert vessels["model"]["name"] == "projection25d"
     assert vessels["model"]["options"] == {"preset": "default", "scale": "auto"}
-    assert vessels["train"]["max_steps"] == 1500 and vessels["train"]["path2_fraction"] == 0.15
+    assert vessels["train"]["max_steps"] == 1100 and vessels["train"]["path2_fraction"] == 0.15
     assert vessels["augment"]["flip_axes"] == [0, 1, 2]
     gi = load_config("gi")
     assert gi["model"]["name"] == "slicestack25d"

@@ -178,6 +178,15 @@ def test_checkpoint_contents(small_run):
     assert best["step"] in (2, 3) and best["best_score"] == payload["best_score"]
 
 
+def test_checkpoint_from_before_slab_mips_rebuilds_whole_ray_mips(small_run):
+    """A stored config without ``slabs`` was trained on whole-ray MIPs, whatever today's preset says."""
+    out, _, _ = small_run
+    payload = load_checkpoint(out / "last.pt")
+    assert load_model(out / "last.pt", payload).slabs == payload["model_config"]["options"]["slabs"]
+    del payload["model_config"]["options"]["slabs"]
+    assert load_model(out / "last.pt", payload).slabs == 1
+
+
 def test_corrupt_checkpoint_named(small_run, tmp_path, capsys):
     out, config, _ = small_run
     garbage = tmp_path / "garbage.pt"
