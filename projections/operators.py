@@ -431,7 +431,7 @@ class MaxIntensityProjection:
     With ``slabs`` > 1 (views about a coordinate axis only) each ray gives ``slabs`` maxima, one per equal band
     of its samples along the ray's major axis (thick-slab MIP): a structure hidden behind a brighter one on
     the same ray shows in its own slab. Projections are then ``(B, C, P * slabs, V, U)``, each view's slabs
-    consecutive, nearest first.
+    consecutive, in the order of their bands along that axis.
     """
 
     def __init__(self, geometry: Geometry, slabs: int = 1):
