@@ -3,9 +3,9 @@
 ``x -> project (MIP or Radon) from P views -> shared 2D U-Net -> lift -> head -> logits``. Lifting uses MIP
 lifting (each view's output put back at the depth its ray's maximum came from), the filtration F and the
 backprojection (the Radon adjoint), or both. With ``slabs`` each view gives one MIP per band of depth along
-its rays (thick-slab MIPs), so that structures hidden behind brighter ones on a ray are seen and lifted. The head is the seed's fine-tuning operator T
-(average pooling, learnable affine normalisation, sigmoid in the loss) or a light full-resolution head
-that also sees the input volume.
+its rays (thick-slab MIPs), so that structures hidden behind brighter ones on a ray are seen and lifted.
+The head is the seed's fine-tuning operator T (average pooling, learnable affine normalisation, sigmoid in
+the loss) or a light full-resolution head that also sees the input volume.
 
 With ``scale=2`` all of this runs on a half-resolution grid (the input average- and max-pooled by 2), and
 a full-resolution refinement sees the upsampled logits together with the input: the 3D work and memory

@@ -318,4 +318,3 @@ def test_scale2_refinement_starts_from_the_upsampled_logits():
     with torch.no_grad():
         model.refinement.weight[0, 0] = 2.0  # the input's weight
     torch.testing.assert_close(model.refinement(coarse, x), up + 2.0 * x)
-
