@@ -47,7 +47,9 @@ def load_model(path: str | os.PathLike, payload: dict | None = None):
     config = payload["model_config"]
     options = dict(config["options"])
     if config["name"] == "projection25d":
-        options.setdefault("slabs", 1)  # written before slab MIPs existed: whole-ray MIPs, not today's preset
+        # written before these options existed: the values they had then, not today's preset
+        options.setdefault("slabs", 1)
+        options.setdefault("infer_directions", options.get("directions"))
     try:
         model = build(config["name"], config["in_channels"], config["out_channels"], **options)
         model.load_state_dict(payload["model_state"])

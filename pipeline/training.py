@@ -266,7 +266,7 @@ class _Trainer:
         if case.case_id not in self.feature_cache:
             x = torch.from_numpy(case.image)[None]
             with torch.no_grad():
-                self.feature_cache[case.case_id] = self.model.encode(x, self.model.all_views())
+                self.feature_cache[case.case_id] = self.model.encode(x, self.model.inference_views())
         return self.feature_cache[case.case_id]
 
     def _train_step(self, path: int) -> dict:

@@ -107,3 +107,8 @@ def test_every_ablation_entry_builds_and_runs():
     for label, (options, _) in ABLATIONS.items():
         model = build("projection25d", 1, 1, **{**options, "unet": {"depth": 2, "base_channels": 4}})
         assert model(x).shape == x.shape, label
+    # the last step of the ladder is the default's inference view subset, the one before it is without it
+    *_, (before, _), (default, _) = ABLATIONS.values()
+    assert default == {"preset": "default"}
+    assert build("projection25d", 1, 1, **before).infer_directions == 8
+    assert build("projection25d", 1, 1, **default).infer_directions == 4

@@ -117,6 +117,8 @@ def test_preset_options_and_overrides():
     ({"filter_init": "hann", "lift": ("backproject",)}, "init"),
     ({"slabs": 2, "mode": "radon"}, "slabs"),
     ({"slabs": 2, "scale": 2, "fine_lift": True}, "fine_lift"),
+    ({"infer_directions": 3}, "infer_directions"),  # more than the 2 directions
+    ({"infer_directions": 0}, "infer_directions"),
 ])
 def test_invalid_options(options, match):
     with pytest.raises(ValueError, match=match):
@@ -214,9 +216,9 @@ def test_path2_trains_only_filtration_and_head(options):
     assert sorted(changed) == sorted(params)
     if model.filtration is not None:
         assert "filtration.weight" in changed
-    # a frozen model's forward in training mode uses every view; unfreezing restores path 1
+    # a frozen model's forward in training mode uses the inference views; unfreezing restores path 1
     _, (_, used) = model(x, return_views=True)
-    assert torch.equal(used, model.all_views())
+    assert torch.equal(used, model.inference_views())
     model.freeze_unet(False)
     assert model.unet.training and all(p.requires_grad for p in model.unet.parameters())
     _, (_, used) = model(x, return_views=True)
@@ -228,6 +230,22 @@ def test_freeze_survives_train_eval_switches():
     model.eval()
     model.train()
     assert not model.unet.training and model.head.training
+
+
+def test_inference_views_are_distinct_directions_spread_evenly():
+    from seg25d.projections.geometry import uniform_angles
+
+    model = build("projection25d", 1, 1)  # default: 4 of 8 views per axis at inference
+    views = model.inference_views()
+    assert views.tolist() == [1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23]
+    angles = uniform_angles(model.directions)[views % model.directions]
+    # no view along a coordinate axis, which rotations about two different axes would both give
+    assert all(abs(a - k * torch.pi / 2) > 0.1 for a in angles for k in range(3))
+    # every view gives all of them; explicit infer_directions and directions are honoured and clamped
+    assert torch.equal(_tiny(1, directions=4, infer_directions=4).inference_views(), torch.arange(12))
+    assert _tiny(1, directions=6, infer_directions=3).inference_views().tolist() == [1, 3, 5, 7, 9, 11, 13, 15, 17]
+    assert build("projection25d", 1, 1, directions=3).infer_directions == 3
+    assert build("projection25d", 1, 1, preset="paper").infer_directions == 32
 
 
 def test_eval_uses_all_views_and_is_deterministic():

@@ -178,13 +178,18 @@ def test_checkpoint_contents(small_run):
     assert best["step"] in (2, 3) and best["best_score"] == payload["best_score"]
 
 
-def test_checkpoint_from_before_slab_mips_rebuilds_whole_ray_mips(small_run):
-    """A stored config without ``slabs`` was trained on whole-ray MIPs, whatever today's preset says."""
+def test_checkpoint_from_before_an_option_rebuilds_the_model_it_was(small_run):
+    """A stored config without ``slabs`` or ``infer_directions`` was trained on whole-ray MIPs and inferred
+    with every view, whatever today's preset says."""
     out, _, _ = small_run
     payload = load_checkpoint(out / "last.pt")
-    assert load_model(out / "last.pt", payload).slabs == payload["model_config"]["options"]["slabs"]
-    del payload["model_config"]["options"]["slabs"]
-    assert load_model(out / "last.pt", payload).slabs == 1
+    options = payload["model_config"]["options"]
+    options["directions"], options["infer_directions"] = 4, 2
+    model = load_model(out / "last.pt", payload)
+    assert (model.slabs, model.infer_directions) == (options["slabs"], 2)
+    del options["slabs"], options["infer_directions"]
+    model = load_model(out / "last.pt", payload)
+    assert (model.slabs, model.infer_directions) == (1, 4)
 
 
 def test_corrupt_checkpoint_named(small_run, tmp_path, capsys):
@@ -343,6 +348,25 @@ def test_path1_then_path2(manifest, tmp_path, monkeypatch, no_curves):
         for key in _part(states[step], REST):
             assert not torch.equal(states[step][key], states[step + 1][key]), f"{key} did not change in path 2"
     assert load_checkpoint(tmp_path / "run" / "last.pt")["path2_started"] is True
+
+
+def test_path2_and_evaluation_run_the_inference_views(manifest, tmp_path, monkeypatch, no_curves):
+    from seg25d.models.projection25d import Projection25D
+
+    seen, encode = [], Projection25D.encode
+
+    def spy(self, x, views):
+        seen.append((self.training and not self.unet_frozen, views.tolist()))
+        return encode(self, x, views)
+
+    monkeypatch.setattr(Projection25D, "encode", spy)
+    sets = _sets(manifest, TINY_P25, "model.options.directions=4", "model.options.infer_directions=2",
+                 "train.schedule=path1_then_path2", "train.path2_fraction=0.5", "train.val_every=2", steps=4)
+    train(load_config("vessels", sets), tmp_path / "run")
+    path1 = [views for drawn, views in seen if drawn]
+    rest = [views for drawn, views in seen if not drawn]
+    assert len(path1) == 2 and all(len(views) == 2 for views in path1)  # train_directions
+    assert rest and all(views == [1, 3, 5, 7, 9, 11] for views in rest)  # 2 of 4 per axis, off the axes
 
 
 def test_alternate_schedule(manifest, tmp_path, monkeypatch, no_curves):

@@ -12,9 +12,11 @@ from seg25d.pipeline.errors import InputError
 __all__ = ["ABLATIONS", "bench_ablation"]
 
 _PAPER_3AXES = {"preset": "paper", "axes": [0, 1, 2], "directions": 8, "train_directions": 6}
+# every view at inference, as the entries before the default's view subset were measured
+_ALL = {"infer_directions": 8}
 # the default before slab MIPs: backprojected and MIP-lifted channels, whole-ray MIPs, 6 views per step
-_BOTH = {"lift": ["backproject", "mip"], "slabs": 1, "train_directions": 6}
-_ONE_SLAB = {"slabs": 1, "train_directions": 6}
+_BOTH = {"lift": ["backproject", "mip"], "slabs": 1, "train_directions": 6, **_ALL}
+_ONE_SLAB = {"slabs": 1, "train_directions": 6, **_ALL}
 
 # label -> (projection25d options, extra config overrides)
 ABLATIONS: dict[str, tuple[dict, tuple]] = {
@@ -22,7 +24,8 @@ ABLATIONS: dict[str, tuple[dict, tuple]] = {
     "paper + three rotation axes": (_PAPER_3AXES, ()),
     "+ MIP lifting, 2 channels per lift, volume head": ({"preset": "default", **_BOTH, "aux_loss": False}, ()),
     "+ 2D auxiliary loss": ({"preset": "default", **_BOTH}, ()),
-    "both lifts, one rotation axis": ({"preset": "default", **_BOTH, "axes": [0], "directions": 24}, ()),
+    "both lifts, one rotation axis": ({"preset": "default", **_BOTH, "axes": [0], "directions": 24,
+                                       "infer_directions": 24}, ()),
     "backprojection only": ({"preset": "default", **_BOTH, "lift": ["backproject"]}, ()),
     "MIP lifting only": ({"preset": "default", **_ONE_SLAB}, ()),
     "both lifts, Radon input": ({"preset": "default", **_BOTH, "mode": "radon"}, ()),
@@ -32,7 +35,8 @@ ABLATIONS: dict[str, tuple[dict, tuple]] = {
     "default at half resolution (scale 2)": ({"preset": "default", "scale": 2}, ()),
     "both lifts, 3 slab MIPs per view, 3 views per step": ({"preset": "default", **_BOTH, "slabs": 3,
                                                             "train_directions": 3}, ()),
-    "MIP lifting only, 3 slab MIPs per view, 3 views per step = default": ({"preset": "default"}, ()),
+    "MIP lifting only, 3 slab MIPs per view, 3 views per step": ({"preset": "default", **_ALL}, ()),
+    "+ 4 of 8 views per axis at inference and in path 2 = default": ({"preset": "default"}, ()),
 }
 
 
