@@ -249,13 +249,11 @@ class Projection25D(nn.Module):
 
     def inference_views(self) -> torch.Tensor:
         """The views of inference and path 2: ``infer_directions`` per axis, evenly spread over the axis's
-        ``directions`` and starting half a spacing in, e.g. 1, 3, 5, 7 of 8. With every view (or any set
-        starting at 0) the views along the coordinate axes come twice, once from each axis they are
-        perpendicular to; this way a subset has as many distinct directions as views."""
+        ``directions`` and starting half a spacing in, e.g. 1, 3, 5, 7 of 8 (all of them when equal). With
+        every view (or any set starting at 0) the views along the coordinate axes come twice, once from each
+        axis they are perpendicular to; this way a subset has as many distinct directions as views."""
         d, k = self.directions, self.infer_directions
-        if k == d:
-            return self.all_views()
-        per_axis = torch.tensor([int((i + 0.5) * d / k) for i in range(k)])
+        per_axis = torch.tensor([(2 * i + 1) * d // (2 * k) for i in range(k)])
         return torch.cat([a * d + per_axis for a in range(len(self.axes))])
 
     # --- the two halves -------------------------------------------------------------------------------------
