@@ -3,7 +3,8 @@
 ``x -> project (MIP or Radon) from P views -> shared 2D U-Net -> lift -> head -> logits``. Lifting uses MIP
 lifting (each view's output put back at the depth its ray's maximum came from), the filtration F and the
 backprojection (the Radon adjoint), or both. With ``slabs`` each view gives one MIP per band of depth along
-its rays (thick-slab MIPs), so that structures hidden behind brighter ones on a ray are seen and lifted.
+its rays (thick-slab MIPs), so that structures hidden behind brighter ones on a ray are seen and lifted;
+with ``sum_input`` the U-Net also sees each ray's line sum, in which nothing hides a dim structure.
 The head is the seed's fine-tuning operator T (average pooling, learnable affine normalisation, sigmoid in
 the loss) or a light full-resolution head that also sees the input volume.
 
@@ -44,15 +45,17 @@ PRESETS: dict[str, dict] = {
     "paper": dict(axes=(0,), directions=32, train_directions=8, mode="mip", features=None, lift=("backproject",),
                   filter_init="ramp", filter_per_view=True, filter_size=63, head="paper", head_channels=8,
                   head_layers=1, unet={"depth": 4, "base_channels": 16}, aux_loss=False, scale=1, fine_lift=False,
-                  slabs=1, infer_directions=None),
+                  slabs=1, infer_directions=None, sum_input=False),
     # Three rotation axes, several feature channels MIP-lifted (each put back at the depth its ray's maximum came
     # from), a head that sees the input volume, and a 2D auxiliary loss on the views (see docs/benchmarks.md for
     # each step's effect; adding backprojected channels measured worse and slower). Inference and path 2 use every
     # other view per axis: half the 2D work (one trained model tested both ways: Dice 0.910 with all, 0.909).
+    # Each slab image goes to the U-Net with its ray's line sum (a dim vessel broken up among brighter slab
+    # maxima still shows whole in the sums).
     "default": dict(axes=(0, 1, 2), directions=8, train_directions=3, mode="mip", features=2,
                     lift=("mip",), filter_init="identity", filter_per_view=False, filter_size=63,
                     head="volume", head_channels=8, head_layers=1, unet={"depth": 4, "base_channels": 16},
-                    aux_loss=True, scale=1, fine_lift=False, slabs=3, infer_directions=4),
+                    aux_loss=True, scale=1, fine_lift=False, slabs=3, infer_directions=4, sum_input=True),
 }
 LIFTS = ("backproject", "mip")
 
@@ -162,6 +165,8 @@ class Projection25D(nn.Module):
         slabs: MIP views only: each view gives ``slabs`` thick-slab MIPs (one per band of depth along its rays),
             each segmented by the U-Net and MIP-lifted from its own maxima, so that structures hidden behind
             brighter ones on the same ray are seen; backprojection lifts each view's mean over its slabs.
+        sum_input: MIP views only: each image goes to the U-Net with a second channel per image channel, its
+            rays' line sums (the Radon transform, standardised per image), the same for all slabs of a view.
     """
 
     def __init__(self, in_channels: int, out_channels: int, *, axes=(0, 1, 2), directions: int = 8,
@@ -169,7 +174,7 @@ class Projection25D(nn.Module):
                  filter_init: str = "identity", filter_per_view: bool = False, filter_size: int = 63,
                  head: str = "volume", head_channels: int = 8, head_layers: int = 1, unet: dict | None = None,
                  aux_loss: bool = True, scale: int = 1, fine_lift: bool = False, slabs: int = 3,
-                 infer_directions: int | None = None):
+                 infer_directions: int | None = None, sum_input: bool = False):
         super().__init__()
         axes = tuple(int(a) for a in axes)
         lift = tuple(lift)
@@ -190,6 +195,8 @@ class Projection25D(nn.Module):
                              "the first out_channels view channels are the views' 2D logits")
         if int(slabs) < 1 or (int(slabs) > 1 and mode != "mip"):
             raise ValueError(f"slabs must be 1, or > 1 with mode='mip' (slab maxima), got {slabs} with {mode!r}")
+        if sum_input and mode != "mip":
+            raise ValueError("sum_input adds line sums to MIP views; with mode='radon' the views are line sums")
         if int(slabs) > 1 and fine_lift:
             raise ValueError("fine_lift works with one slab per view")
         if head not in ("paper", "volume"):
@@ -204,7 +211,8 @@ class Projection25D(nn.Module):
         self.out_channels, self.scale, self.fine_lift = out_channels, scale, bool(fine_lift)
         self.slabs, self.infer_directions = int(slabs), infer_directions
         core_channels = in_channels * (2 if scale == 2 else 1)  # average- and max-pooled at scale 2
-        self.unet = UNet(2, core_channels, features * len(lift), **(unet or {}))
+        self.sum_input = bool(sum_input)
+        self.unet = UNet(2, core_channels * (1 + self.sum_input), features * len(lift), **(unet or {}))
         n_views = directions * len(axes)
         self.filtration = Filtration(kernel_size=filter_size, views=n_views if filter_per_view else 1,
                                      channels=features, init=filter_init) if "backproject" in lift else None
@@ -288,6 +296,10 @@ class Projection25D(nn.Module):
         if "mip" in self.lift_kinds and argmax is None:
             # MIP lifting needs one maximum per ray: that of the channel mean for multi-channel input
             _, argmax = mip.with_argmax(core.mean(dim=1, keepdim=True))
+        if self.sum_input:
+            sums = RayTransform(geometry)(core)
+            sums = (sums - sums.mean(dim=(3, 4), keepdim=True)) / sums.std(dim=(3, 4), keepdim=True).clamp_min(1e-6)
+            images = torch.cat([images, sums.repeat_interleave(self.slabs, dim=2)], dim=1)
         fine_argmax = None
         if self.fine_lifting:
             xp = _pad_even(x)
@@ -374,13 +386,13 @@ def projection25d(in_channels: int, out_channels: int, *, preset: str = "default
                   train_directions=None, mode=None, features=None, lift=None, filter_init=None,
                   filter_per_view=None, filter_size=None, head=None, head_channels=None, head_layers=None,
                   unet=None, aux_loss=None, scale=None, fine_lift=None, slabs=None,
-                  infer_directions=None) -> Projection25D:
+                  infer_directions=None, sum_input=None) -> Projection25D:
     """The random 2.5D U-Net; ``preset`` is ``"default"`` or ``"paper"`` (the seed's exact configuration).
 
     Options left as None take the preset's value; ``unet`` options are merged into the preset's. The preset's
     ``features`` grows, where needed, to give each class its own view logit (``features x lifts >= classes``), its
-    ``slabs`` fall back to 1 with Radon input or ``fine_lift``, and its ``infer_directions`` to ``directions``
-    where that is smaller.
+    ``slabs`` fall back to 1 with Radon input or ``fine_lift``, its ``sum_input`` to False with Radon input, and
+    its ``infer_directions`` to ``directions`` where that is smaller.
     """
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; available: {', '.join(PRESETS)}")
@@ -388,12 +400,14 @@ def projection25d(in_channels: int, out_channels: int, *, preset: str = "default
     given = dict(axes=axes, directions=directions, train_directions=train_directions, mode=mode, features=features,
                  lift=lift, filter_init=filter_init, filter_per_view=filter_per_view, filter_size=filter_size,
                  head=head, head_channels=head_channels, head_layers=head_layers, aux_loss=aux_loss, scale=scale,
-                 fine_lift=fine_lift, slabs=slabs, infer_directions=infer_directions)
+                 fine_lift=fine_lift, slabs=slabs, infer_directions=infer_directions, sum_input=sum_input)
     options.update({k: v for k, v in given.items() if v is not None})
     if features is None and options["features"] is not None and options["lift"]:  # grows to fit the classes
         options["features"] = max(options["features"], -(-out_channels // len(options["lift"])))
     if slabs is None and (options["mode"] != "mip" or options["fine_lift"]):  # slabs are MIP maxima
         options["slabs"] = 1
+    if sum_input is None and options["mode"] != "mip":  # Radon views are line sums already
+        options["sum_input"] = False
     if infer_directions is None and options["infer_directions"] is not None:  # at most every view
         options["infer_directions"] = min(options["infer_directions"], options["directions"])
     options["unet"] = {**options["unet"], **(unet or {})}

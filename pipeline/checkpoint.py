@@ -50,6 +50,7 @@ def load_model(path: str | os.PathLike, payload: dict | None = None):
         # written before these options existed: the values they had then, not today's preset
         options.setdefault("slabs", 1)
         options.setdefault("infer_directions", options.get("directions"))
+        options.setdefault("sum_input", False)
     try:
         model = build(config["name"], config["in_channels"], config["out_channels"], **options)
         model.load_state_dict(payload["model_state"])

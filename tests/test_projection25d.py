@@ -119,6 +119,7 @@ def test_preset_options_and_overrides():
     ({"slabs": 2, "scale": 2, "fine_lift": True}, "fine_lift"),
     ({"infer_directions": 3}, "infer_directions"),  # more than the 2 directions
     ({"infer_directions": 0}, "infer_directions"),
+    ({"sum_input": True, "mode": "radon"}, "sum_input"),
 ])
 def test_invalid_options(options, match):
     with pytest.raises(ValueError, match=match):
@@ -246,6 +247,39 @@ def test_inference_views_are_distinct_directions_spread_evenly():
     assert _tiny(1, directions=6, infer_directions=3).inference_views().tolist() == [1, 3, 5, 7, 9, 11, 13, 15, 17]
     assert build("projection25d", 1, 1, directions=3).infer_directions == 3
     assert build("projection25d", 1, 1, preset="paper").infer_directions == 32
+
+
+@pytest.mark.parametrize("scale", [1, 2])
+def test_sum_input_gives_the_unet_each_rays_line_sum(scale):
+    """With ``sum_input`` every slab image reaches the U-Net with its rays' line sums (the Radon transform of the
+    grid the views see), standardised per image and the same for every slab of a view; without, the MIPs alone."""
+    from seg25d.projections import MaxIntensityProjection, RayTransform
+
+    x = _volume(batch=2, seed=3)
+    model = _tiny(1, sum_input=True, slabs=2, scale=scale).eval()
+    seen = {}
+    model.unet.register_forward_pre_hook(lambda module, args: seen.update(images=args[0]))
+    views = model.inference_views()
+    with torch.no_grad():
+        model.encode(x, views)
+    core = model.core_input(x)
+    geometry = model.geometry(core.shape[2:])[views.numpy()]
+    m, c = len(views), core.shape[1]
+    images = seen["images"].view(2, m * model.slabs, 2 * c, *seen["images"].shape[2:]).transpose(1, 2)
+    assert torch.allclose(images[:, :c], MaxIntensityProjection(geometry, model.slabs)(core))
+    sums = RayTransform(geometry)(core)
+    reference = (sums - sums.mean(dim=(3, 4), keepdim=True)) / sums.std(dim=(3, 4), keepdim=True)
+    per_slab = images[:, c:].unflatten(2, (m, model.slabs))
+    for slab in range(model.slabs):
+        assert torch.allclose(per_slab[:, :, :, slab], reference, atol=1e-5)
+    plain = _tiny(1, sum_input=False, slabs=2, scale=scale)
+    first = [next(mod for mod in net.unet.modules() if isinstance(mod, torch.nn.Conv2d)) for net in (model, plain)]
+    assert [conv.in_channels for conv in first] == [2 * c, c]
+
+
+def test_sum_input_in_presets():
+    assert build("projection25d", 1, 1).sum_input and not build("projection25d", 1, 1, preset="paper").sum_input
+    assert not build("projection25d", 1, 1, mode="radon").sum_input  # Radon views are line sums already
 
 
 def test_eval_uses_all_views_and_is_deterministic():

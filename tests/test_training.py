@@ -3,6 +3,7 @@ reproducibility, resume after ``kill -9``, the two-path schedule of projection25
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -190,6 +191,21 @@ def test_checkpoint_from_before_an_option_rebuilds_the_model_it_was(small_run):
     del options["slabs"], options["infer_directions"]
     model = load_model(out / "last.pt", payload)
     assert (model.slabs, model.infer_directions) == (1, 4)
+
+
+def test_checkpoint_from_before_sum_input_has_no_line_sums():
+    """A stored projection25d config without ``sum_input`` was trained without line sums; today's default has them."""
+    from seg25d.models import build
+
+    options = {"directions": 2, "train_directions": 2, "unet": {"depth": 2, "base_channels": 4}, "head_channels": 4}
+    trained = build("projection25d", 1, 1, **options, sum_input=False).eval()
+    config = copy.deepcopy(trained.config)
+    del config["options"]["sum_input"]
+    model = load_model("old.pt", {"model_config": config, "model_state": trained.state_dict()})
+    assert not model.sum_input and build("projection25d", 1, 1, **options).sum_input
+    x = torch.randn(1, 1, 6, 8, 9)
+    with torch.no_grad():
+        assert torch.equal(model(x), trained(x))
 
 
 def test_corrupt_checkpoint_named(small_run, tmp_path, capsys):

@@ -12,8 +12,8 @@ from seg25d.pipeline.errors import InputError
 __all__ = ["ABLATIONS", "bench_ablation"]
 
 _PAPER_3AXES = {"preset": "paper", "axes": [0, 1, 2], "directions": 8, "train_directions": 6}
-# every view at inference, as the entries before the default's view subset were measured
-_ALL = {"infer_directions": 8}
+# every view at inference and no line sums, as the entries before those two steps were measured
+_ALL = {"infer_directions": 8, "sum_input": False}
 # the default before slab MIPs: backprojected and MIP-lifted channels, whole-ray MIPs, 6 views per step
 _BOTH = {"lift": ["backproject", "mip"], "slabs": 1, "train_directions": 6, **_ALL}
 _ONE_SLAB = {"slabs": 1, "train_directions": 6, **_ALL}
@@ -36,7 +36,8 @@ ABLATIONS: dict[str, tuple[dict, tuple]] = {
     "both lifts, 3 slab MIPs per view, 3 views per step": ({"preset": "default", **_BOTH, "slabs": 3,
                                                             "train_directions": 3}, ()),
     "MIP lifting only, 3 slab MIPs per view, 3 views per step": ({"preset": "default", **_ALL}, ()),
-    "+ 4 of 8 views per axis at inference and in path 2 = default": ({"preset": "default"}, ()),
+    "+ 4 of 8 views per axis at inference and in path 2": ({"preset": "default", "sum_input": False}, ()),
+    "+ line sums as a second U-Net input = default": ({"preset": "default"}, ()),
 }
 
 
