@@ -298,7 +298,8 @@ class Projection25D(nn.Module):
             _, argmax = mip.with_argmax(core.mean(dim=1, keepdim=True))
         if self.sum_input:
             sums = RayTransform(geometry)(core)
-            sums = (sums - sums.mean(dim=(3, 4), keepdim=True)) / sums.std(dim=(3, 4), keepdim=True).clamp_min(1e-6)
+            std, mean = torch.std_mean(sums, dim=(3, 4), keepdim=True)
+            sums = (sums - mean) / std.clamp_min(1e-6)
             images = torch.cat([images, sums.repeat_interleave(self.slabs, dim=2)], dim=1)
         fine_argmax = None
         if self.fine_lifting:
