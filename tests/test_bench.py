@@ -25,9 +25,10 @@ def tiny_manifest(tmp_path_factory):
     ("slicestack25d", {"slices": 3, "backbone_options": {"depth": 2, "base_channels": 4}}, [4, 3, 12, 10]),
     ("unet3d", {"depth": 2, "base_channels": 4}, [1, 1, 8, 12, 10]),
 ])
-def test_step_measure_feeds_each_family_its_batch(name, options, batch_shape):
-    result = step.measure(name, (8, 12, 10), options, repeats=1, batch=4)
-    assert result["train_input"] == batch_shape
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_step_measure_feeds_each_family_its_batch(name, options, batch_shape, precision):
+    result = step.measure(name, (8, 12, 10), options, repeats=1, batch=4, precision=precision)
+    assert result["train_input"] == batch_shape and result["precision"] == precision
     assert result["step_seconds"] > 0 and result["infer_seconds"] > 0
     assert result["parameters"] > 0 and result["options"].get("scale", 1) == 1  # "auto" resolved by size
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 
@@ -249,6 +250,14 @@ def test_inference_views_are_distinct_directions_spread_evenly():
     assert build("projection25d", 1, 1, preset="paper").infer_directions == 32
 
 
+def _shadow_mask(geometry, slabs, shape):
+    """True on each image's shadow box (images of a view's slabs consecutive)."""
+    inside = torch.zeros(shape, dtype=torch.bool)
+    for i, (r0, r1, c0, c1) in enumerate(np.repeat(geometry.shadows(), slabs, axis=0).tolist()):
+        inside[i, r0:r1, c0:c1] = True
+    return inside
+
+
 @pytest.mark.parametrize("scale", [1, 2])
 def test_sum_input_gives_the_unet_each_rays_line_sum(scale):
     """With ``sum_input`` every slab image reaches the U-Net with its rays' line sums (the Radon transform of the
@@ -257,24 +266,63 @@ def test_sum_input_gives_the_unet_each_rays_line_sum(scale):
 
     x = _volume(batch=2, seed=3)
     model = _tiny(1, sum_input=True, slabs=2, scale=scale).eval()
-    seen = {}
-    model.unet.register_forward_pre_hook(lambda module, args: seen.update(images=args[0]))
+    model.unet = torch.nn.Identity()  # the features are then the U-Net's input images on each view's shadow
     views = model.inference_views()
     with torch.no_grad():
-        model.encode(x, views)
+        images = model.encode(x, views)[0]
     core = model.core_input(x)
     geometry = model.geometry(core.shape[2:])[views.numpy()]
     m, c = len(views), core.shape[1]
-    images = seen["images"].view(2, m * model.slabs, 2 * c, *seen["images"].shape[2:]).transpose(1, 2)
-    assert torch.allclose(images[:, :c], MaxIntensityProjection(geometry, model.slabs)(core))
+    inside = _shadow_mask(geometry, model.slabs, images.shape[2:])
+    mip = MaxIntensityProjection(geometry, model.slabs)(core)
+    assert torch.allclose(images[:, :c][..., inside], mip[..., inside])
     sums = RayTransform(geometry)(core)
     reference = (sums - sums.mean(dim=(3, 4), keepdim=True)) / sums.std(dim=(3, 4), keepdim=True)
-    per_slab = images[:, c:].unflatten(2, (m, model.slabs))
+    per_slab = torch.where(inside, images[:, c:], torch.nan).unflatten(2, (m, model.slabs))
     for slab in range(model.slabs):
-        assert torch.allclose(per_slab[:, :, :, slab], reference, atol=1e-5)
-    plain = _tiny(1, sum_input=False, slabs=2, scale=scale)
-    first = [next(mod for mod in net.unet.modules() if isinstance(mod, torch.nn.Conv2d)) for net in (model, plain)]
+        here = ~per_slab[:, :, :, slab].isnan()
+        assert torch.allclose(per_slab[:, :, :, slab][here], reference[here], atol=1e-5)
+    nets = [_tiny(1, sum_input=flag, slabs=2, scale=scale) for flag in (True, False)]
+    first = [next(mod for mod in net.unet.modules() if isinstance(mod, torch.nn.Conv2d)) for net in nets]
     assert [conv.in_channels for conv in first] == [2 * c, c]
+
+
+def test_the_unet_sees_each_image_cropped_to_its_views_shadow():
+    """Rays that miss the volume are not segmented: the U-Net sees each image cropped to the shadow of the
+    volume's box, crops of one size batched together, and the features outside read OUTSIDE_LOGIT."""
+    from seg25d.models.projection25d import OUTSIDE_LOGIT
+
+    model = _tiny(2, slabs=3).eval()
+    calls = []
+    model.unet.register_forward_pre_hook(lambda module, args: calls.append(args[0].shape))
+    views = model.inference_views()
+    with torch.no_grad():
+        features = model.encode(_volume(batch=2), views)[0]
+    geometry = model.geometry(SHAPE)[views.numpy()]
+    boxes = np.repeat(geometry.shadows(), model.slabs, axis=0)
+    sizes = sorted({(r1 - r0, c1 - c0) for r0, r1, c0, c1 in boxes.tolist()})
+    assert [tuple(shape[2:]) for shape in calls] == sizes  # one U-Net call per crop size
+    assert sum(shape[0] for shape in calls) == 2 * len(boxes)  # every image of both volumes, once
+    inside = _shadow_mask(geometry, model.slabs, features.shape[2:])
+    assert not inside.all()  # the oblique views' detector is wider than the axis-aligned views' shadows
+    assert (features[..., ~inside] == OUTSIDE_LOGIT).all() and (features[..., inside] > OUTSIDE_LOGIT / 2).all()
+
+
+def test_bf16_autocast_keeps_the_geometry_in_fp32():
+    """Under bf16 autocast the networks run in bf16 and the projections and lifting in fp32 (the sparse Radon
+    matrices have no bf16 kernels): the logits come out close to the fp32 ones, with gradients everywhere."""
+    model = _tiny(2, slabs=2, sum_input=True).eval()
+    x = _volume(batch=1)
+    reference = model(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(x)
+    assert logits.dtype == torch.bfloat16 and logits.shape == reference.shape
+    torch.testing.assert_close(logits.float(), reference, atol=0.1, rtol=0.05)
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(x).float().mean()
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
 def test_sum_input_in_presets():
@@ -350,7 +398,8 @@ def test_scale2_works_on_a_half_resolution_grid(shape):
     assert core.shape == (1, 2, *((n + 1) // 2 for n in shape))  # average- and max-pooled
     assert torch.equal(core[:, 1], torch.nn.functional.max_pool3d(
         torch.nn.functional.pad(x, [p for n in reversed(shape) for p in (0, n % 2)], mode="replicate"), 2)[:, 0])
-    features, argmax, views, fine_argmax = model.encode(x, model.all_views())
+    features, argmax, views, fine_argmax, encoded_core = model.encode(x, model.all_views())
+    assert torch.equal(encoded_core, core)  # decode lifts onto it, without pooling again
     assert features.shape[-2:] == model.geometry(core.shape[2:]).detector_shape
     assert fine_argmax is not None  # fine_lift: MIP lifting at scale 2 also lifts onto the full grid
     with torch.no_grad():
@@ -370,3 +419,21 @@ def test_scale2_refinement_starts_from_the_upsampled_logits():
     with torch.no_grad():
         model.refinement.weight[0, 0] = 2.0  # the input's weight
     torch.testing.assert_close(model.refinement(coarse, x), up + 2.0 * x)
+    with torch.no_grad():
+        model.refinement.weight[0, 0], model.refinement.weight[0, 1] = 0.0, 1.0  # the local contrast's weight
+    box = torch.nn.functional.avg_pool3d(x, 3, stride=1, padding=1, count_include_pad=False)
+    torch.testing.assert_close(model.refinement(coarse, x), up + x - box)
+
+
+@pytest.mark.parametrize("shape", [(4, 6, 5), (3, 3, 3), (7, 3, 9)])
+def test_separable_upsampling_and_box_mean_match_torchs_3d_ones(shape):
+    from seg25d.models.projection25d import _box_mean3, _upsample2
+
+    x = torch.randn(2, 3, *shape, dtype=torch.float64, requires_grad=True)
+    reference = torch.nn.functional.interpolate(x, scale_factor=2, mode="trilinear", align_corners=False)
+    torch.testing.assert_close(_upsample2(x), reference)
+    grad = torch.randn_like(reference)
+    expected = torch.autograd.grad(reference, x, grad)[0]
+    torch.testing.assert_close(torch.autograd.grad(_upsample2(x), x, grad)[0], expected)
+    box = torch.nn.functional.avg_pool3d(x, 3, stride=1, padding=1, count_include_pad=False)
+    torch.testing.assert_close(_box_mean3(x), box)

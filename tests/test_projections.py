@@ -412,6 +412,30 @@ def test_mip_rays_missing_the_volume_hold_its_minimum(name):
 
 
 @pytest.mark.parametrize("name", list(GEOMETRIES))
+def test_shadows_hold_everything_the_volume_projects_and_lift_reads(name):
+    """Outside each view's shadow box: Radon line sums vanish, MIPs hold the fill value (the volume's minimum)
+    and lift reads nothing; with no margin the boxes are tight (their border cells see the volume)."""
+    g = _geometry(name)
+    x = torch.rand(1, 1, *g.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(4)) + 1
+    sums = RayTransform(g)(x)[0, 0]
+    y, argmax = MaxIntensityProjection(g).with_argmax(x)
+    values = _detector(g, 1, 1)
+    for margin in (0, 1):
+        inside = torch.zeros(sums.shape, dtype=torch.bool)
+        for view, (r0, r1, c0, c1) in enumerate(g.shadows(margin).tolist()):
+            inside[view, r0:r1, c0:c1] = True
+            if margin == 0:  # tight: the box's first and last rows and columns see the volume
+                box = sums[view, r0:r1, c0:c1]
+                assert min(box[0].max(), box[-1].max(), box[:, 0].max(), box[:, -1].max()) > 1e-6
+        assert float(torch.where(inside, 0.0, sums).abs().max()) < 1e-9
+        assert bool((y[0, 0][~inside] == x.min()).all())
+        masked = torch.where(inside, values, torch.full_like(values, 1e6))
+        torch.testing.assert_close(MaxIntensityProjection(g).lift(masked, argmax),
+                                   MaxIntensityProjection(g).lift(values, argmax))
+    assert g.shadows(0).shape == (len(g), 4) and (g.shadows(1)[:, ::2] <= g.shadows(0)[:, ::2]).all()
+
+
+@pytest.mark.parametrize("name", list(GEOMETRIES))
 def test_mip_bright_voxel_appears_in_every_view(name):
     g = _geometry(name)
     x = torch.zeros(1, 1, *g.shape, dtype=torch.float64)

@@ -64,7 +64,7 @@ def no_curves(monkeypatch):
 def _sets(manifest, *extra, steps=3) -> list[str]:
     return [f"data.manifest='{manifest}'", f"train.max_steps={steps}", "train.progress=false", "train.threads=1",
             "train.slices_per_step=4", "train.val_every=2", "train.checkpoint_every=2", "train.warmup_steps=1",
-            *extra]
+            "train.precision='fp32'", *extra]  # fp32: the same numbers on every CPU
 
 
 def _cli(out, sets, *flags) -> list[str]:
@@ -137,6 +137,15 @@ def test_every_model_trains_through_the_command(manifest, tmp_path, name, capsys
     assert checkpoint["step"] == 3
     model = load_model(out / "best.pt")
     assert not model.training
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_every_model_trains_in_bf16(manifest, tmp_path, name, no_curves):
+    result = train(load_config("vessels", _sets(manifest, *MODELS[name], "train.precision='bf16'", steps=2)),
+                   tmp_path / name)
+    assert result.steps == 2 and json.loads((tmp_path / name / "run.json").read_text())["precision"] == "bf16"
+    metrics = pd.read_csv(tmp_path / name / "metrics.csv")
+    assert np.isfinite(metrics.loss).all() and metrics.val_dice_mean.dropna().between(0, 1).all()
 
 
 # --- checkpoints -----------------------------------------------------------------------------------------------
@@ -243,6 +252,28 @@ def test_same_seed_bit_identical_other_seed_differs(manifest, tmp_path, small_ru
     other = train(load_config("vessels", _sets(manifest, TINY_P25, "train.seed=1")), tmp_path / "other")
     first, second = _weights(out / "last.pt"), _weights(other.last_checkpoint)
     assert not all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_bf16_training_is_reproducible_and_close_to_fp32(manifest, tmp_path, small_run, no_curves):
+    """``train.precision = "bf16"`` autocasts the forward pass: same seed, same weights; the losses stay within
+    bf16's rounding of the fp32 run's; run.json records the precision used."""
+    out, _, _ = small_run
+    runs = [train(load_config("vessels", _sets(manifest, TINY_P25, "train.precision='bf16'")), tmp_path / name)
+            for name in ("a", "b")]
+    _assert_same_weights(_weights(runs[0].last_checkpoint), _weights(runs[1].last_checkpoint))
+    fp32, bf16 = pd.read_csv(out / "metrics.csv"), pd.read_csv(tmp_path / "a" / "metrics.csv")
+    np.testing.assert_allclose(bf16.loss[0], fp32.loss[0], rtol=0.02)
+    assert not np.array_equal(bf16.loss, fp32.loss)  # the forward pass did run in bf16
+    assert json.loads((tmp_path / "a" / "run.json").read_text())["precision"] == "bf16"
+    assert json.loads((out / "run.json").read_text())["precision"] == "fp32"
+
+
+def test_auto_precision_is_bf16_only_on_cpus_that_have_it(monkeypatch):
+    for avx512_bf16, amx, expected in [(True, False, "bf16"), (False, True, "bf16"), (False, False, "fp32")]:
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+        assert training.resolve_precision("auto") == expected
+    assert training.resolve_precision("fp32") == "fp32" and training.resolve_precision("bf16") == "bf16"
 
 
 def _kill_midway(proc: subprocess.Popen, checkpoint, steps: int, timeout: float = 120.0) -> int | None:
@@ -444,6 +475,7 @@ def test_resume_without_run_errors(manifest, tmp_path, capsys):
 @pytest.mark.parametrize("override, match", [
     ("train.schedule=both", "train.schedule"),
     ("train.scheduler=step", "train.scheduler"),
+    ("train.precision=fp16", "train.precision"),
     ("model.name=unet4d", "unknown model 'unet4d'"),
     ("model.options={depth=2, widht=4}", "unknown option"),
     ("data.manifest=''", "no manifest given"),

@@ -126,7 +126,8 @@ def run_entries(entries, manifest, budget_minutes: float, out_dir, seed: int, co
         scores = evaluate(base / "predictions", manifest, base / "evaluation", split="test")
         steps = metrics[metrics.path != 2] if "path" in metrics else metrics
         memory = _step_memory(checkpoint, manifest)
-        row = {"model": label, "steps": len(metrics), "train_wall_seconds": round(wall, 1),
+        precision = json.loads((run_dir / "run.json").read_text()).get("precision", "fp32")
+        row = {"model": label, "precision": precision, "steps": len(metrics), "train_wall_seconds": round(wall, 1),
                "step_seconds": float(steps.step_seconds.median()),
                "peak_extra_mb": memory["step_peak_extra_mb"], "infer_peak_extra_mb": memory["infer_peak_extra_mb"],
                "infer_seconds_per_volume": infer,
@@ -164,7 +165,8 @@ def _step_memory(checkpoint: Path, manifest: Path) -> dict:
     return measure_in_fresh_processes(model["name"], shape, model["options"], repeats=1,
                                       channels=(model["in_channels"], model["out_channels"]),
                                       batch=int(train["slices_per_step"]),
-                                      patch=payload["config"]["data"].get("patch_size") or None)
+                                      patch=payload["config"]["data"].get("patch_size") or None,
+                                      precision=train.get("precision", "fp32"))
 
 
 def _parameters(checkpoint: Path) -> int:

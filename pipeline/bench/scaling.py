@@ -69,10 +69,11 @@ def _watch(cmd: list[str], env: dict, limit_mb: float, timeout: float) -> tuple[
     return json.loads(stdout.strip().splitlines()[-1]), "ok"
 
 
-def _run(model: str, size: int, options: dict, limit_mb: float, timeout: float, repeats: int) -> dict:
+def _run(model: str, size: int, options: dict, limit_mb: float, timeout: float, repeats: int,
+         precision: str) -> dict:
     """Memory from a process with :data:`MEASURE_ENV` (stopped at the limit), then time from a plain one."""
     base = [sys.executable, "-m", "seg25d.pipeline.bench.step", "--model", model, "--shape", str(size),
-            "--options", json.dumps(options)]
+            "--options", json.dumps(options), "--precision", precision]
     sized, status = _watch(base + ["--repeats", "1"], MEASURE_ENV, limit_mb, timeout)
     if sized is None:
         return {"model": model, "size": size, "status": status}
@@ -84,8 +85,9 @@ def _run(model: str, size: int, options: dict, limit_mb: float, timeout: float, 
 
 
 def bench_scaling(sizes=(64, 96, 128, 192, 256), out_dir="bench_scaling", models=None, memory_limit_gb=None,
-                  timeout: float = 1800, repeats: int = 2) -> pd.DataFrame:
-    """Measure every model at every size; writes scaling.csv, scaling.json and scaling.png in ``out_dir``."""
+                  timeout: float = 1800, repeats: int = 2, precision: str = "fp32") -> pd.DataFrame:
+    """Measure every model at every size; writes scaling.csv, scaling.json and scaling.png in ``out_dir``.
+    ``precision``: that of the training steps, as ``train.precision``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     limit_gb = memory_limit_gb or min(16.0, 0.75 * physical_memory_gb())
@@ -93,7 +95,7 @@ def bench_scaling(sizes=(64, 96, 128, 192, 256), out_dir="bench_scaling", models
     for model in models or SCALING_MODELS:
         for size in sizes:
             print(f"[scaling] {model} at {size}^3", flush=True)
-            row = _run(model, size, SCALING_MODELS.get(model, {}), limit_gb * 1024, timeout, repeats)
+            row = _run(model, size, SCALING_MODELS.get(model, {}), limit_gb * 1024, timeout, repeats, precision)
             print(f"[scaling]   {row.get('status')}: step {row.get('step_seconds', float('nan')):.3f} s, "
                   f"{row.get('step_peak_extra_mb', float('nan')):.0f} MiB", flush=True)
             rows.append(row)

@@ -24,9 +24,11 @@ __all__ = ["measure", "measure_in_fresh_processes"]
 
 
 def measure(name: str, shape, options: dict | None = None, repeats: int = 3, seed: int = 0,
-            channels: tuple[int, int] = (1, 1), batch: int = 16, patch=None) -> dict:
+            channels: tuple[int, int] = (1, 1), batch: int = 16, patch=None, precision: str = "fp32") -> dict:
     """Median seconds and largest peak extra MiB of a training step (forward, BCE+Dice loss, backward, AdamW
     step) and of a whole-volume inference, on a random volume of ``shape`` with a sparse random mask.
+
+    ``precision``: that of the training step's forward pass, as ``train.precision`` (inference runs in fp32).
 
     The training batch is what the trainer feeds the model's family: the whole volume (projection25d, and the
     3D CNNs unless ``patch`` is given), or ``batch`` slices (2D networks) or slice stacks (slicestack25d).
@@ -37,6 +39,7 @@ def measure(name: str, shape, options: dict | None = None, repeats: int = 3, see
     from seg25d.pipeline.volume_inference import predict_logits
 
     from seg25d.models.projection25d import resolve_scale
+    from seg25d.pipeline.training import resolve_precision
 
     torch.manual_seed(seed)
     options = dict(options or {})
@@ -54,12 +57,14 @@ def measure(name: str, shape, options: dict | None = None, repeats: int = 3, see
         x, y_shape = torch.randn(batch, per_slice, *shape[1:]), (batch, channels[1], *shape[1:])
     y = (torch.rand(y_shape) > 0.97).float()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    precision = resolve_precision(precision)
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        out = model(x)
-        outs = out if isinstance(out, (list, tuple)) else [out]
-        loss = sum(segmentation_loss(o, y, True, "bce_dice") for o in outs) / len(outs)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            out = model(x)
+            outs = out if isinstance(out, (list, tuple)) else [out]
+            loss = sum(segmentation_loss(o.float(), y, True, "bce_dice") for o in outs) / len(outs)
         loss.backward()
         optimizer.step()
 
@@ -85,21 +90,21 @@ def measure(name: str, shape, options: dict | None = None, repeats: int = 3, see
         "parameters": sum(p.numel() for p in model.parameters()),
         "step_seconds": statistics.median(times), "step_peak_extra_mb": max(p or 0 for p in peaks),
         "infer_seconds": statistics.median(infer_times), "infer_peak_extra_mb": max(p or 0 for p in infer_peaks),
-        "threads": torch.get_num_threads(),
+        "threads": torch.get_num_threads(), "precision": precision,
     }
 
 
-def _command(name, shape, options, repeats, channels, batch, patch):
+def _command(name, shape, options, repeats, channels, batch, patch, precision):
     return [sys.executable, "-m", "seg25d.pipeline.bench.step", "--model", name, "--shape", *map(str, shape),
             "--options", json.dumps(options or {}), "--repeats", str(repeats), "--channels", *map(str, channels),
-            "--batch", str(batch), *(["--patch", *map(str, patch)] if patch else [])]
+            "--batch", str(batch), "--precision", precision, *(["--patch", *map(str, patch)] if patch else [])]
 
 
 def measure_in_fresh_processes(name: str, shape, options: dict | None = None, repeats: int = 3,
                                timeout: float = 1800, channels: tuple[int, int] = (1, 1), batch: int = 16,
-                               patch=None) -> dict:
+                               patch=None, precision: str = "fp32") -> dict:
     """Time from one fresh process, memory from another started with ``MEASURE_ENV``."""
-    args = (channels, batch, patch)
+    args = (channels, batch, patch, precision)
     timed = subprocess.run(_command(name, shape, options, repeats, *args), capture_output=True, text=True,
                            check=True, timeout=timeout)
     sized = subprocess.run(_command(name, shape, options, 1, *args), capture_output=True, text=True, check=True,
@@ -117,10 +122,12 @@ def main(argv=None) -> None:
     parser.add_argument("--channels", type=int, nargs=2, default=[1, 1], metavar=("IN", "OUT"))
     parser.add_argument("--batch", type=int, default=16, help="slices per step for 2D models")
     parser.add_argument("--patch", type=int, nargs=3, help="3D patch for unet3d/monai_unet")
+    parser.add_argument("--precision", default="fp32", help="of the training step, as train.precision")
     args = parser.parse_args(argv)
     shape = args.shape * 3 if len(args.shape) == 1 else args.shape
     print(json.dumps(measure(args.model, shape, json.loads(args.options), args.repeats,
-                             channels=tuple(args.channels), batch=args.batch, patch=args.patch)))
+                             channels=tuple(args.channels), batch=args.batch, patch=args.patch,
+                             precision=args.precision)))
 
 
 if __name__ == "__main__":

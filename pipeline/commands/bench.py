@@ -57,6 +57,8 @@ def register(subparsers) -> None:
     scaling.add_argument("--memory-limit-gb", type=float, help="stop a run above this resident memory "
                                                                 "(default: min(16, 75%% of RAM))")
     scaling.add_argument("--repeats", type=int, default=2, help="timed repeats per size; the median is reported")
+    scaling.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="fp32",
+                         help="of the training steps, as train.precision (default fp32)")
     scaling.set_defaults(func=_scaling)
 
 
@@ -117,7 +119,8 @@ def _oracle(args) -> int:
 def _scaling(args) -> int:
     from seg25d.pipeline.bench.scaling import bench_scaling
 
-    frame = bench_scaling(args.sizes, args.out, args.models, args.memory_limit_gb, repeats=args.repeats)
+    frame = bench_scaling(args.sizes, args.out, args.models, args.memory_limit_gb, repeats=args.repeats,
+                          precision=args.precision)
     cols = [c for c in ("model", "size", "status", "step_seconds", "step_peak_extra_mb", "infer_seconds",
                         "infer_peak_extra_mb") if c in frame]
     print(frame[cols].to_string(index=False))
