@@ -43,7 +43,7 @@ __all__ = ["Projection25D", "VolumeHead", "Refinement", "PRESETS", "resolve_scal
 
 #: ``scale="auto"`` works on the input grid up to this many voxels and at half resolution above
 AUTO_SCALE_VOXELS = 1_500_000
-#: view logits where a ray misses the volume (those pixels are not segmented): certain background
+#: the views' 2D logits where a ray misses the volume (not segmented; their features are 0): certain background
 OUTSIDE_LOGIT = -1e4
 #: the volume head recomputes its activations in the backward pass above this many voxels
 CHECKPOINT_VOXELS = 1_000_000
@@ -318,10 +318,10 @@ class Projection25D(nn.Module):
     def _segment(self, images: torch.Tensor, geometry) -> torch.Tensor:
         """The 2D U-Net on every image ``(B, C, n, V, U)``, each cropped to its view's shadow (the detector box
         the volume projects onto; crops of one size go through together), pasted back onto the detector with
-        :data:`OUTSIDE_LOGIT` around: rays that miss the volume are not segmented (about 30 % of the
+        zeros around: rays that miss the volume are not segmented and carry no evidence (about 30 % of the
         pixels of the default views of a 64x96x96 volume)."""
         b, c, n, v, u = images.shape
-        boxes = np.repeat(geometry.shadows(), self.slabs, axis=0)
+        boxes = self._shadows(geometry)
         sizes = [(r1 - r0, c1 - c0) for r0, r1, c0, c1 in boxes.tolist()]
         outputs = [None] * n
         for size in sorted(set(sizes)):
@@ -331,8 +331,21 @@ class Projection25D(nn.Module):
             out = self.unet(crops.flatten(0, 1)).unflatten(0, (b, len(group)))  # crops: (B, k, C, h, w)
             for j, i in enumerate(group):
                 r0, r1, c0, c1 = boxes[i].tolist()
-                outputs[i] = nn.functional.pad(out[:, j], (c0, u - c1, r0, v - r1), value=OUTSIDE_LOGIT)
+                outputs[i] = nn.functional.pad(out[:, j], (c0, u - c1, r0, v - r1))
         return torch.stack(outputs, dim=2)
+
+    def _shadows(self, geometry) -> np.ndarray:
+        """Each image's shadow box ``(row0, row1, col0, col1)``; a view's slab images share its box."""
+        return np.repeat(geometry.shadows(), self.slabs, axis=0)
+
+    def _view_logits(self, encoded: tuple) -> torch.Tensor:
+        """The views' 2D logits ``(B, K, m * slabs, V, U)``, :data:`OUTSIDE_LOGIT` outside their shadows."""
+        features, _, views, _, core = encoded
+        logits = features[:, : self.out_channels]
+        inside = torch.zeros(logits.shape[2:], dtype=torch.bool, device=logits.device)
+        for i, (r0, r1, c0, c1) in enumerate(self._shadows(self.geometry(core.shape[2:])[views.cpu().numpy()])):
+            inside[i, r0:r1, c0:c1] = True
+        return torch.where(inside, logits, OUTSIDE_LOGIT)
 
     def _project(self, x: torch.Tensor, core: torch.Tensor, views: torch.Tensor) -> tuple:
         """The U-Net's input images ``(B, C, m * slabs, V, U)``, the MIP argmax, the fine-grid argmax and the
@@ -410,7 +423,7 @@ class Projection25D(nn.Module):
         encoded = self.encode(x, views)
         logits = self.decode(x, encoded)
         if return_views:
-            return logits, (encoded[0][:, : self.out_channels], views)
+            return logits, (self._view_logits(encoded), views)
         return logits
 
     # --- path 2 ---------------------------------------------------------------------------------------------

@@ -289,7 +289,8 @@ def test_sum_input_gives_the_unet_each_rays_line_sum(scale):
 
 def test_the_unet_sees_each_image_cropped_to_its_views_shadow():
     """Rays that miss the volume are not segmented: the U-Net sees each image cropped to the shadow of the
-    volume's box, crops of one size batched together, and the features outside read OUTSIDE_LOGIT."""
+    volume's box, crops of one size batched together; outside, the features are 0 (no evidence to lift or
+    backproject) and the views' 2D logits for the auxiliary loss read OUTSIDE_LOGIT (certain background)."""
     from seg25d.models.projection25d import OUTSIDE_LOGIT
 
     model = _tiny(2, slabs=3).eval()
@@ -305,7 +306,11 @@ def test_the_unet_sees_each_image_cropped_to_its_views_shadow():
     assert sum(shape[0] for shape in calls) == 2 * len(boxes)  # every image of both volumes, once
     inside = _shadow_mask(geometry, model.slabs, features.shape[2:])
     assert not inside.all()  # the oblique views' detector is wider than the axis-aligned views' shadows
-    assert (features[..., ~inside] == OUTSIDE_LOGIT).all() and (features[..., inside] > OUTSIDE_LOGIT / 2).all()
+    assert (features[..., ~inside] == 0).all() and (features[..., inside] != 0).any()
+    with torch.no_grad():
+        _, (view_logits, _) = model(_volume(batch=2), views=views, return_views=True)
+    assert (view_logits[..., ~inside] == OUTSIDE_LOGIT).all()
+    torch.testing.assert_close(view_logits[..., inside], features[:, :2][..., inside])
 
 
 def test_bf16_autocast_keeps_the_geometry_in_fp32():
