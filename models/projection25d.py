@@ -311,8 +311,9 @@ class Projection25D(nn.Module):
         """Project onto ``views`` and run the 2D U-Net: ``(features (B, F, m * slabs, V, U), mip_argmax, views,
         fine_argmax, core)``, ``core`` being :meth:`core_input` of ``x``."""
         with torch.autocast(x.device.type, enabled=False):  # geometry in full precision, also under autocast
-            core = self.core_input(x.float())
-            images, argmax, fine_argmax, geometry = self._project(x.float(), core, views)
+            x = x.float()
+            core = self.core_input(x)
+            images, argmax, fine_argmax, geometry = self._project(x, core, views)
         return self._segment(images, geometry), argmax, views, fine_argmax, core
 
     def _segment(self, images: torch.Tensor, geometry) -> torch.Tensor:
