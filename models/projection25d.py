@@ -114,6 +114,18 @@ def _pad_even(x: torch.Tensor) -> torch.Tensor:
     return nn.functional.pad(x, pad, mode="replicate") if any(pad) else x
 
 
+def _pool2(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """2x average and max pooling of ``(B, C, D, H, W)`` with even sizes, one axis at a time (pairs of
+    neighbours); measured 2.5x faster than ``avg_pool3d`` and ``max_pool3d`` together at 128^3."""
+    total = peak = x
+    for dim in (2, 3, 4):
+        pairs = total.unflatten(dim, (-1, 2)).unbind(dim + 1)
+        total = pairs[0] + pairs[1]
+        pairs = peak.unflatten(dim, (-1, 2)).unbind(dim + 1)
+        peak = torch.maximum(pairs[0], pairs[1])
+    return total / 8, peak
+
+
 def _upsample2(x: torch.Tensor) -> torch.Tensor:
     """Trilinear 2x upsampling of ``(B, C, D, H, W)`` (as ``interpolate(..., align_corners=False)``), one axis
     at a time: each voxel becomes two, 3/4 of itself plus 1/4 of its neighbour on that side (edges repeated).
@@ -122,16 +134,23 @@ def _upsample2(x: torch.Tensor) -> torch.Tensor:
         n = x.shape[dim]
         padded = torch.cat([x.narrow(dim, 0, 1), x, x.narrow(dim, n - 1, 1)], dim=dim)
         before, after = padded.narrow(dim, 0, n), padded.narrow(dim, 2, n)
-        x = torch.stack([0.75 * x + 0.25 * before, 0.75 * x + 0.25 * after], dim=dim + 1).flatten(dim, dim + 1)
+        x = torch.stack([torch.lerp(x, before, 0.25), torch.lerp(x, after, 0.25)], dim=dim + 1).flatten(dim, dim + 1)
     return x
 
 
 def _box_mean3(x: torch.Tensor) -> torch.Tensor:
     """The mean over each voxel's 3x3x3 neighbourhood within the volume, as three 1D means (the box and the
-    count of voxels inside the volume both factor by axis); about 1.6x faster than one 3D ``avg_pool3d``."""
-    for kernel in ((3, 1, 1), (1, 3, 1), (1, 1, 3)):
-        padding = tuple(k // 2 for k in kernel)
-        x = nn.functional.avg_pool3d(x, kernel, stride=1, padding=padding, count_include_pad=False)
+    count of voxels inside the volume both factor by axis), each a sum of shifted copies divided by 3 (2 at
+    the edges): the same numbers as ``avg_pool3d`` with ``count_include_pad=False``, measured 15x faster."""
+    for dim in (2, 3, 4):
+        n = x.shape[dim]
+        total = x.clone()
+        total.narrow(dim, 1, n - 1).add_(x.narrow(dim, 0, n - 1))
+        total.narrow(dim, 0, n - 1).add_(x.narrow(dim, 1, n - 1))
+        count = torch.full((n,), 3.0, dtype=x.dtype, device=x.device)
+        count[0] -= 1
+        count[-1] -= 1
+        x = total.div_(count.view(-1, *([1] * (4 - dim))))
     return x
 
 
@@ -159,8 +178,9 @@ class Refinement(nn.Module):
         # the 1x1x1 layer written out: a Conv3d with so few channels pads them to 16 in oneDNN's blocked
         # layout, which measured 270 MB and 0.15 s at 128^3 for what is a few multiply-adds per voxel
         out = up + self.bias.view(1, -1, 1, 1, 1)
-        for c, feature in enumerate(torch.cat(features, dim=1).unbind(1)):
-            out = out + self.weight[:, c].view(1, -1, 1, 1, 1) * feature.unsqueeze(1)
+        channels = [channel for feature in features for channel in feature.unbind(1)]
+        for c, channel in enumerate(channels):
+            out = out + self.weight[:, c].view(1, -1, 1, 1, 1) * channel.unsqueeze(1)
         return out
 
 
@@ -298,8 +318,8 @@ class Projection25D(nn.Module):
         pools (sizes padded to even by repeating the last voxel)."""
         if self.scale == 1:
             return x
-        xp = _pad_even(x)
-        return torch.cat([nn.functional.avg_pool3d(xp, 2), nn.functional.max_pool3d(xp, 2)], dim=1)
+        mean, peak = _pool2(_pad_even(x))
+        return torch.cat([mean, peak], dim=1)
 
     @property
     def fine_lifting(self) -> bool:

@@ -442,3 +442,26 @@ def test_separable_upsampling_and_box_mean_match_torchs_3d_ones(shape):
     torch.testing.assert_close(torch.autograd.grad(_upsample2(x), x, grad)[0], expected)
     box = torch.nn.functional.avg_pool3d(x, 3, stride=1, padding=1, count_include_pad=False)
     torch.testing.assert_close(_box_mean3(x), box)
+
+
+def test_box_mean_on_volumes_thinner_than_its_window():
+    """avg_pool3d refuses them; the mean over the neighbours inside the volume, counted by hand."""
+    from seg25d.models.projection25d import _box_mean3
+
+    x = torch.randn(1, 2, 1, 2, 4, dtype=torch.float64)
+    expected = torch.empty_like(x)
+    d, h, w = x.shape[2:]
+    for i, j, k in np.ndindex(d, h, w):
+        block = x[:, :, max(i - 1, 0):i + 2, max(j - 1, 0):j + 2, max(k - 1, 0):k + 2]
+        expected[:, :, i, j, k] = block.mean(dim=(2, 3, 4))
+    torch.testing.assert_close(_box_mean3(x), expected)
+
+
+@pytest.mark.parametrize("shape", [(4, 6, 8), (5, 3, 7)])
+def test_half_resolution_grid_matches_torchs_pools(shape):
+    """At scale 2 the core grid is the 2x average and max pool of the input, odd sizes padded by repetition."""
+    model = _tiny(1, scale=2)
+    x = torch.randn(2, 1, *shape)
+    padded = torch.nn.functional.pad(x, [p for n in reversed(shape) for p in (0, n % 2)], mode="replicate")
+    expected = torch.cat([torch.nn.functional.avg_pool3d(padded, 2), torch.nn.functional.max_pool3d(padded, 2)], 1)
+    torch.testing.assert_close(model.core_input(x), expected)
