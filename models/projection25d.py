@@ -36,7 +36,7 @@ from seg25d.models.unet import UNet
 from seg25d.projections import (
     MaxIntensityProjection, RayBackprojection, RayTransform, multi_axis_geometry, resample_views,
 )
-from seg25d.reconstruction import Filtration, FineTuning
+from seg25d.reconstruction import Filtration, FineTuning, local_mean
 
 __all__ = ["Projection25D", "VolumeHead", "Refinement", "PRESETS", "resolve_scale", "AUTO_SCALE_VOXELS",
            "OUTSIDE_LOGIT"]
@@ -138,22 +138,6 @@ def _upsample2(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def _box_mean3(x: torch.Tensor) -> torch.Tensor:
-    """The mean over each voxel's 3x3x3 neighbourhood within the volume, as three 1D means (the box and the
-    count of voxels inside the volume both factor by axis), each a sum of shifted copies divided by 3 (2 at
-    the edges): the same numbers as ``avg_pool3d`` with ``count_include_pad=False``, measured 15x faster."""
-    for dim in (2, 3, 4):
-        n = x.shape[dim]
-        total = x.clone()
-        total.narrow(dim, 1, n - 1).add_(x.narrow(dim, 0, n - 1))
-        total.narrow(dim, 0, n - 1).add_(x.narrow(dim, 1, n - 1))
-        count = torch.full((n,), 3.0, dtype=x.dtype, device=x.device)
-        count[0] -= 1
-        count[-1] -= 1
-        x = total.div_(count.view(-1, *([1] * (4 - dim))))
-    return x
-
-
 class Refinement(nn.Module):
     """Full-resolution refinement at ``scale=2``: upsample the half-resolution logits (trilinear) and add a
     learned per-voxel combination of the input, its local contrast (``x`` minus its 3x3x3 mean) and, with
@@ -173,7 +157,7 @@ class Refinement(nn.Module):
     def forward(self, logits: torch.Tensor, x: torch.Tensor, fine: torch.Tensor | None = None) -> torch.Tensor:
         """``fine``: the views' features MIP-lifted onto the full-resolution grid (exact depth of each maximum)."""
         up = _upsample2(logits)[(slice(None), slice(None), *(slice(0, n) for n in x.shape[2:]))]
-        detail = x - _box_mean3(x)
+        detail = x - local_mean(x, 3)
         features = [x, detail] + ([fine] if fine is not None else [])
         # the 1x1x1 layer written out: a Conv3d with so few channels pads them to 16 in oneDNN's blocked
         # layout, which measured 270 MB and 0.15 s at 128^3 for what is a few multiply-adds per voxel

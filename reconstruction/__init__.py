@@ -2,6 +2,6 @@
 
 from seg25d.reconstruction.backprojection import backproject, lift_mip
 from seg25d.reconstruction.filtration import Filtration, ramp_kernel
-from seg25d.reconstruction.finetune import FineTuning
+from seg25d.reconstruction.finetune import FineTuning, local_mean
 
-__all__ = ["backproject", "lift_mip", "Filtration", "ramp_kernel", "FineTuning"]
+__all__ = ["backproject", "lift_mip", "Filtration", "ramp_kernel", "FineTuning", "local_mean"]

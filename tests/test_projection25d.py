@@ -432,7 +432,8 @@ def test_scale2_refinement_starts_from_the_upsampled_logits():
 
 @pytest.mark.parametrize("shape", [(4, 6, 5), (3, 3, 3), (7, 3, 9)])
 def test_separable_upsampling_and_box_mean_match_torchs_3d_ones(shape):
-    from seg25d.models.projection25d import _box_mean3, _upsample2
+    from seg25d.models.projection25d import _upsample2
+    from seg25d.reconstruction import local_mean
 
     x = torch.randn(2, 3, *shape, dtype=torch.float64, requires_grad=True)
     reference = torch.nn.functional.interpolate(x, scale_factor=2, mode="trilinear", align_corners=False)
@@ -441,12 +442,12 @@ def test_separable_upsampling_and_box_mean_match_torchs_3d_ones(shape):
     expected = torch.autograd.grad(reference, x, grad)[0]
     torch.testing.assert_close(torch.autograd.grad(_upsample2(x), x, grad)[0], expected)
     box = torch.nn.functional.avg_pool3d(x, 3, stride=1, padding=1, count_include_pad=False)
-    torch.testing.assert_close(_box_mean3(x), box)
+    torch.testing.assert_close(local_mean(x, 3), box)
 
 
 def test_box_mean_on_volumes_thinner_than_its_window():
     """avg_pool3d refuses them; the mean over the neighbours inside the volume, counted by hand."""
-    from seg25d.models.projection25d import _box_mean3
+    from seg25d.reconstruction import local_mean
 
     x = torch.randn(1, 2, 1, 2, 4, dtype=torch.float64)
     expected = torch.empty_like(x)
@@ -454,7 +455,7 @@ def test_box_mean_on_volumes_thinner_than_its_window():
     for i, j, k in np.ndindex(d, h, w):
         block = x[:, :, max(i - 1, 0):i + 2, max(j - 1, 0):j + 2, max(k - 1, 0):k + 2]
         expected[:, :, i, j, k] = block.mean(dim=(2, 3, 4))
-    torch.testing.assert_close(_box_mean3(x), expected)
+    torch.testing.assert_close(local_mean(x, 3), expected)
 
 
 @pytest.mark.parametrize("shape", [(4, 6, 8), (5, 3, 7)])
