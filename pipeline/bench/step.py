@@ -3,7 +3,8 @@
 Run in a fresh process per (model, shape, what) by ``seg25d bench scaling`` and ``bench compare``:
 ``python -m seg25d.pipeline.bench.step --model projection25d --shape 128 128 128 --what time`` prints one
 JSON line. Memory is measured in a process started with :data:`seg25d.pipeline.memory.MEASURE_ENV`, time
-in one without it (see :mod:`seg25d.pipeline.memory`).
+in one without it, whose allocator keeps freed memory as the ``seg25d`` command's does (see
+:mod:`seg25d.pipeline.memory` and :mod:`seg25d.pipeline.allocator`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import time
 
 import torch
 
+from seg25d.pipeline.allocator import keep_freed_memory
 from seg25d.pipeline.memory import MEASURE_ENV, PeakMemory
 
 __all__ = ["measure", "measure_in_fresh_processes"]
@@ -124,6 +126,7 @@ def main(argv=None) -> None:
     parser.add_argument("--patch", type=int, nargs=3, help="3D patch for unet3d/monai_unet")
     parser.add_argument("--precision", default="fp32", help="of the training step, as train.precision")
     args = parser.parse_args(argv)
+    keep_freed_memory()  # as the seg25d command does; not in the memory process (MEASURE_ENV sets the allocator)
     shape = args.shape * 3 if len(args.shape) == 1 else args.shape
     print(json.dumps(measure(args.model, shape, json.loads(args.options), args.repeats,
                              channels=tuple(args.channels), batch=args.batch, patch=args.patch,
