@@ -17,7 +17,7 @@ glibc = pytest.mark.skipif(not is_glibc(), reason="glibc's malloc only")
 PROBE = """
 import json, resource
 import numpy as np
-from seg25d.pipeline.allocator import is_glibc, keep_freed_memory
+from seg25d.pipeline.allocator import keep_freed_memory
 applied = keep_freed_memory()
 faults = []
 for _ in range(4):
