@@ -16,6 +16,8 @@ bf16 natively; weights, optimiser and losses stay fp32); validation runs in fp32
 
 Data parallel: under ``torchrun --nproc_per_node=N`` each rank draws its own batch (rank in the seed),
 gradients are averaged with DistributedDataParallel (gloo: training runs on the CPU), and only rank 0 writes.
+
+Turns: started by ``bench compare`` (:mod:`seg25d.pipeline.turns`), a run trains only while it holds the turn.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from seg25d.pipeline.memory import PeakMemory
 from seg25d.pipeline.metrics import dice_per_class
 from seg25d.pipeline.preprocess import Preprocessing
 from seg25d.pipeline.provenance import command_line
+from seg25d.pipeline.turns import TurnTaker
 from seg25d.pipeline.volume_inference import predict_probabilities, probabilities_to_masks
 
 __all__ = ["train", "TrainResult", "SCHEDULES"]
@@ -192,6 +195,7 @@ class _Trainer:
         elif self.dist.main and (self.out_dir / "last.pt").exists():
             raise InputError(self.out_dir, "holds a run already (last.pt); use --resume to continue or another --out")
         self.ddp = (torch.nn.parallel.DistributedDataParallel(self.model) if self.dist.enabled else None)
+        self.turns = None if self.dist.enabled else TurnTaker.from_environment()  # bench compare's turns
 
     # --- state ----------------------------------------------------------------------------------------------
     def _payload(self) -> dict:
@@ -373,6 +377,8 @@ class _Trainer:
             if self.dist.any(bool(limit) and self.elapsed >= limit):  # a resumed run whose time is up
                 stopped_by_time = True
                 break
+            if self.turns:
+                self.turns.hold(self.elapsed)
             start = time.perf_counter()
             path = self._path()
             with PeakMemory() as memory:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from seg25d.pipeline.bench.compare import run_entries
 from seg25d.pipeline.errors import InputError
+from seg25d.pipeline.turns import TURN_SECONDS
 
 __all__ = ["ABLATIONS", "bench_ablation"]
 
@@ -41,7 +42,8 @@ ABLATIONS: dict[str, tuple[dict, tuple]] = {
 }
 
 
-def bench_ablation(manifest, budget_minutes: float, out_dir, seed: int = 0, entries=None):
+def bench_ablation(manifest, budget_minutes: float, out_dir, seed: int = 0, entries=None,
+                   turn_seconds: float = TURN_SECONDS):
     """Run the ablation ladder, or its ``entries`` (numbers from 1 in :data:`ABLATIONS` order); writes
     ablation.csv/json/md."""
     numbers = list(entries or range(1, len(ABLATIONS) + 1))
@@ -51,4 +53,5 @@ def bench_ablation(manifest, budget_minutes: float, out_dir, seed: int = 0, entr
     ladder = list(ABLATIONS.items())
     entries = [(label, "projection25d", options, extra) for label, (options, extra) in
                (ladder[n - 1] for n in sorted(set(numbers)))]
-    return run_entries(entries, manifest, budget_minutes, out_dir, seed, "vessels", (), name="ablation")
+    return run_entries(entries, manifest, budget_minutes, out_dir, seed, "vessels", (), name="ablation",
+                       turn_seconds=turn_seconds)

@@ -1,10 +1,13 @@
 """``seg25d bench compare``: every model trained under the same wall-clock budget on the same split and seed.
 
-Each model trains in a fresh process (``seg25d train`` with ``train.max_minutes`` = the budget), then predicts
-the test split in this process (the time per volume counts only the model's work, not start-up) and is
-evaluated. Reported per model: per-class Dice and HD95 on the test split, training steps done, the median
-training-step time, the peak extra resident memory of a training step and of an inference (measured in a
-fresh process, see :mod:`seg25d.pipeline.memory`), inference seconds per volume.
+Each model trains in a fresh process (``seg25d train`` with ``train.max_minutes`` = the budget). The processes
+take turns on the machine (:mod:`seg25d.pipeline.turns`: a few seconds of steps each, the one furthest behind
+first), so that every model meets the shared machine's fast and slow minutes alike; ``turn_seconds=0`` trains
+them one after the other. Then each model predicts the test split in this process (the time per volume counts
+only the model's work, not start-up) and is evaluated. Reported per model: per-class Dice and HD95 on the test
+split, training steps done, the median training-step time, the peak extra resident memory of a training step
+and of an inference (measured in a fresh process, see :mod:`seg25d.pipeline.memory`), inference seconds per
+volume.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,6 +23,7 @@ import pandas as pd
 
 from seg25d.pipeline.atomic import write_csv, write_json, write_text
 from seg25d.pipeline.errors import InputError
+from seg25d.pipeline.turns import TURN_SECONDS, run_in_turns
 
 __all__ = ["bench_compare", "run_entries", "DEFAULT_MODELS", "markdown_table"]
 
@@ -36,9 +39,9 @@ def _monai_available() -> bool:
     return True
 
 
-def _train(model: str, options: dict | None, manifest: Path, run_dir: Path, minutes: float, seed: int, config: str,
-           extra) -> float:
-    """Train in a fresh process; ``options`` (when given) replace the preset's model options."""
+def _train_command(model: str, options: dict | None, manifest: Path, run_dir: Path, minutes: float, seed: int,
+                   config: str, extra) -> list[str]:
+    """``seg25d train`` for one entry; ``options`` (when given) replace the preset's model options."""
     cmd = [sys.executable, "-m", "seg25d", "train", "--config", config, "--out", str(run_dir),
            "--set", f"data.manifest={json.dumps(str(manifest))}", "--set", f"model.name={json.dumps(model)}",
            "--set", f"train.max_minutes={minutes}", "--set", "train.max_steps=1000000",
@@ -49,13 +52,7 @@ def _train(model: str, options: dict | None, manifest: Path, run_dir: Path, minu
             cmd += ["--set", f"model.options.{key}={_toml(value)}"]
     for item in extra:
         cmd += ["--set", item]
-    start = time.perf_counter()
-    log_path = run_dir.parent / "train.log"
-    with log_path.open("w") as err:
-        done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=err)
-    if done.returncode:
-        raise InputError(log_path, f"training {model} failed (exit {done.returncode}); see this log")
-    return time.perf_counter() - start
+    return cmd
 
 
 def _predict(checkpoint: Path, manifest: Path, out_dir: Path) -> float:
@@ -86,7 +83,7 @@ def _toml(value) -> str:
 
 
 def bench_compare(manifest, budget_minutes: float, out_dir, models=DEFAULT_MODELS, seed: int = 0,
-                  config: str = "vessels", extra: tuple = ()) -> pd.DataFrame:
+                  config: str = "vessels", extra: tuple = (), turn_seconds: float = TURN_SECONDS) -> pd.DataFrame:
     """Train, predict and evaluate each model; writes compare.csv, compare.json and compare.md in ``out_dir``.
 
     Models train with the preset's loss, data and schedule; the preset's own model with the preset's model
@@ -103,23 +100,35 @@ def bench_compare(manifest, budget_minutes: float, out_dir, models=DEFAULT_MODEL
             continue
         options = None if model == preset_model else BENCH_OPTIONS.get(model, {})
         entries.append((model, model, options, ()))
-    return run_entries(entries, manifest, budget_minutes, out_dir, seed, config, extra, name="compare")
+    return run_entries(entries, manifest, budget_minutes, out_dir, seed, config, extra, name="compare",
+                       turn_seconds=turn_seconds)
 
 
 def run_entries(entries, manifest, budget_minutes: float, out_dir, seed: int, config: str, extra: tuple,
-                name: str) -> pd.DataFrame:
-    """Train, predict and evaluate ``(label, model, options, overrides)`` entries into ``out_dir/<name>.*``."""
+                name: str, turn_seconds: float = TURN_SECONDS) -> pd.DataFrame:
+    """Train ``(label, model, options, overrides)`` entries in turns, then predict and evaluate each into
+    ``out_dir/<name>.*``. An entry whose training fails is reported after the others are written."""
     from seg25d.pipeline.evaluate import evaluate
 
     manifest, out_dir = Path(manifest).resolve(), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for label, model, options, overrides in entries:
-        base = out_dir / _slug(label)
-        run_dir = base / "run"
+    bases = [out_dir / _slug(label) for label, *_ in entries]
+    commands = []
+    for base, (label, model, options, overrides) in zip(bases, entries):
         base.mkdir(parents=True, exist_ok=True)
-        print(f"[{name}] {label}: training for {budget_minutes:g} min", flush=True)
-        wall = _train(model, options, manifest, run_dir, budget_minutes, seed, config, (*extra, *overrides))
+        commands.append(_train_command(model, options, manifest, base / "run", budget_minutes, seed, config,
+                                       (*extra, *overrides)))
+    how = f"in turns of {turn_seconds:g} s" if turn_seconds > 0 else "one after another"
+    print(f"[{name}] training {', '.join(label for label, *_ in entries)} for {budget_minutes:g} min each, {how}",
+          flush=True)
+    trained = run_in_turns(commands, [base / "train.log" for base in bases], turn_seconds)
+    rows, failed = [], []
+    for base, (label, *_), outcome in zip(bases, entries, trained):
+        run_dir = base / "run"
+        if outcome.status:
+            failed.append(f"{label} (exit {outcome.status}; see {base / 'train.log'})")
+            continue
+        print(f"[{name}] {label}: testing", flush=True)
         metrics = pd.read_csv(run_dir / "metrics.csv")
         checkpoint = run_dir / "best.pt" if (run_dir / "best.pt").exists() else run_dir / "last.pt"
         infer = _predict(checkpoint, manifest, base / "predictions")
@@ -127,10 +136,10 @@ def run_entries(entries, manifest, budget_minutes: float, out_dir, seed: int, co
         steps = metrics[metrics.path != 2] if "path" in metrics else metrics
         memory = _step_memory(checkpoint, manifest)
         precision = json.loads((run_dir / "run.json").read_text()).get("precision", "fp32")
-        row = {"model": label, "precision": precision, "steps": len(metrics), "train_wall_seconds": round(wall, 1),
-               "step_seconds": float(steps.step_seconds.median()),
-               "peak_extra_mb": memory["step_peak_extra_mb"], "infer_peak_extra_mb": memory["infer_peak_extra_mb"],
-               "infer_seconds_per_volume": infer,
+        row = {"model": label, "precision": precision, "steps": len(metrics),
+               "train_wall_seconds": round(outcome.seconds, 1), "turns": outcome.turns,
+               "step_seconds": float(steps.step_seconds.median()), "peak_extra_mb": memory["step_peak_extra_mb"],
+               "infer_peak_extra_mb": memory["infer_peak_extra_mb"], "infer_seconds_per_volume": infer,
                "parameters": _parameters(checkpoint)}
         for cls, group in scores.dropna(subset=["class"]).groupby("class"):
             row[f"dice_{cls}"] = float(group.dice.mean())
@@ -140,8 +149,11 @@ def run_entries(entries, manifest, budget_minutes: float, out_dir, seed: int, co
         frame = pd.DataFrame(rows)
         write_csv(out_dir / f"{name}.csv", frame)
         write_json(out_dir / f"{name}.json", {"manifest": str(manifest), "budget_minutes": budget_minutes,
-                                              "seed": seed, "config": config, "cpus": os.cpu_count(), "rows": rows})
+                                              "seed": seed, "config": config, "turn_seconds": turn_seconds,
+                                              "cpus": os.cpu_count(), "rows": rows})
         write_text(out_dir / f"{name}.md", markdown_table(frame, budget_minutes))
+    if failed:
+        raise InputError(out_dir, f"training failed for {'; '.join(failed)}")
     return pd.DataFrame(rows)
 
 

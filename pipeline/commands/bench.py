@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from seg25d.pipeline.turns import TURN_SECONDS
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("bench", help="benchmarks: operators, models, compare, ablation, oracle, scaling")
@@ -32,6 +34,9 @@ def register(subparsers) -> None:
     compare.add_argument("--config", default="vessels", help="training preset or TOML (default: vessels)")
     compare.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                          help="extra config override for every model")
+    compare.add_argument("--turn-seconds", type=float, default=TURN_SECONDS, metavar="S",
+                         help="the models train in turns of S seconds of steps each, so all meet the machine's slow "
+                              "and fast minutes alike; 0: one after another (default %(default)g)")
     compare.set_defaults(func=_compare)
 
     ablation = sub.add_parser("ablation", help="the steps from the seed's model to the default, each trained")
@@ -41,6 +46,9 @@ def register(subparsers) -> None:
     ablation.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     ablation.add_argument("--entries", type=int, nargs="+", metavar="N",
                           help="run only these entries of the ladder, numbered from 1 as in the docs (default all)")
+    ablation.add_argument("--turn-seconds", type=float, default=TURN_SECONDS, metavar="S",
+                          help="the entries train in turns of S seconds of steps each, so all meet the machine's slow "
+                               "and fast minutes alike; 0: one after another (default %(default)g)")
     ablation.set_defaults(func=_ablation)
 
     oracle = sub.add_parser("oracle", help="Dice of perfect view masks lifted back, per direction set")
@@ -90,16 +98,17 @@ def _compare(args) -> int:
     from seg25d.pipeline.bench.compare import DEFAULT_MODELS, bench_compare
 
     bench_compare(args.manifest, args.budget_minutes, args.out, args.models or DEFAULT_MODELS, args.seed,
-                  args.config, tuple(args.overrides))
-    print((args.out / "compare.md").read_text())
+                  args.config, tuple(args.overrides), turn_seconds=args.turn_seconds)
+    print((args.out / "compare.md").read_text(encoding="utf-8"))
     return 0
 
 
 def _ablation(args) -> int:
     from seg25d.pipeline.bench.ablation import bench_ablation
 
-    bench_ablation(args.manifest, args.budget_minutes, args.out, args.seed, entries=args.entries)
-    print((args.out / "ablation.md").read_text())
+    bench_ablation(args.manifest, args.budget_minutes, args.out, args.seed, entries=args.entries,
+                   turn_seconds=args.turn_seconds)
+    print((args.out / "ablation.md").read_text(encoding="utf-8"))
     return 0
 
 
