@@ -57,13 +57,13 @@ PRESETS: dict[str, dict] = {
     # Three rotation axes, several feature channels MIP-lifted (each put back at the depth its ray's maximum came
     # from), a head that sees the input volume, and a 2D auxiliary loss on the views (see docs/benchmarks.md for
     # each step's effect; adding backprojected channels measured worse and slower). Inference and path 2 use every
-    # other view per axis: half the 2D work (one trained model tested both ways: Dice 0.910 with all, 0.909).
+    # view: every other view per axis halves the 2D work and measured about 0.001 lower test Dice (2026-12-05).
     # Each slab image goes to the U-Net with its ray's line sum (a dim vessel broken up among brighter slab
     # maxima still shows whole in the sums).
     "default": dict(axes=(0, 1, 2), directions=8, train_directions=3, mode="mip", features=2,
                     lift=("mip",), filter_init="identity", filter_per_view=False, filter_size=63,
                     head="volume", head_channels=8, head_layers=1, unet={"depth": 4, "base_channels": 16},
-                    aux_loss=True, scale=1, fine_lift=False, slabs=3, infer_directions=4, sum_input=True),
+                    aux_loss=True, scale=1, fine_lift=False, slabs=3, infer_directions=None, sum_input=True),
 }
 LIFTS = ("backproject", "mip")
 

@@ -108,8 +108,8 @@ def test_every_ablation_entry_builds_and_runs():
     for label, (options, _) in ABLATIONS.items():
         model = build("projection25d", 1, 1, **{**options, "unet": {"depth": 2, "base_channels": 4}})
         assert model(x).shape == x.shape, label
-    # the last steps of the ladder: the default's inference view subset, then its line sums
-    *_, (all_views, _), (subset, _), (default, _) = ABLATIONS.values()
+    # the last steps of the ladder: half the views at inference, line sums, all the views again (the default)
+    *_, (all_views, _), (subset, _), (sums, _), (default, _) = ABLATIONS.values()
     assert default == {"preset": "default"}
-    steps = [build("projection25d", 1, 1, **options) for options in (all_views, subset, default)]
-    assert [(m.infer_directions, m.sum_input) for m in steps] == [(8, False), (4, False), (4, True)]
+    steps = [build("projection25d", 1, 1, **options) for options in (all_views, subset, sums, default)]
+    assert [(m.infer_directions, m.sum_input) for m in steps] == [(8, False), (4, False), (4, True), (8, True)]

@@ -37,8 +37,10 @@ ABLATIONS: dict[str, tuple[dict, tuple]] = {
     "both lifts, 3 slab MIPs per view, 3 views per step": ({"preset": "default", **_BOTH, "slabs": 3,
                                                             "train_directions": 3}, ()),
     "MIP lifting only, 3 slab MIPs per view, 3 views per step": ({"preset": "default", **_ALL}, ()),
-    "+ 4 of 8 views per axis at inference and in path 2": ({"preset": "default", "sum_input": False}, ()),
-    "+ line sums as a second U-Net input = default": ({"preset": "default"}, ()),
+    "+ 4 of 8 views per axis at inference and in path 2": ({"preset": "default", "sum_input": False,
+                                                             "infer_directions": 4}, ()),
+    "+ line sums as a second U-Net input": ({"preset": "default", "infer_directions": 4}, ()),
+    "+ all 24 views at inference and in path 2 again = default": ({"preset": "default"}, ()),
 }
 
 
