@@ -468,8 +468,7 @@ def projection25d(in_channels: int, out_channels: int, *, preset: str = "default
 
     Options left as None take the preset's value; ``unet`` options are merged into the preset's. The preset's
     ``features`` grows, where needed, to give each class its own view logit (``features x lifts >= classes``), its
-    ``slabs`` fall back to 1 with Radon input or ``fine_lift``, its ``sum_input`` to False with Radon input, and
-    its ``infer_directions`` to ``directions`` where that is smaller.
+    ``slabs`` fall back to 1 with Radon input or ``fine_lift``, and its ``sum_input`` to False with Radon input.
     """
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; available: {', '.join(PRESETS)}")
@@ -485,8 +484,6 @@ def projection25d(in_channels: int, out_channels: int, *, preset: str = "default
         options["slabs"] = 1
     if sum_input is None and options["mode"] != "mip":  # Radon views are line sums already
         options["sum_input"] = False
-    if infer_directions is None and options["infer_directions"] is not None:  # at most every view
-        options["infer_directions"] = min(options["infer_directions"], options["directions"])
     options["unet"] = {**options["unet"], **(unet or {})}
     model = Projection25D(in_channels, out_channels, **options)
     model.resolved_options = {"preset": preset, **options}

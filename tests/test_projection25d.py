@@ -243,7 +243,7 @@ def test_inference_views_are_distinct_directions_spread_evenly():
     angles = uniform_angles(model.directions)[views % model.directions]
     # no view along a coordinate axis, which rotations about two different axes would both give
     assert all(abs(a - k * torch.pi / 2) > 0.1 for a in angles for k in range(3))
-    # every view gives all of them (the default); explicit infer_directions and directions are honoured and clamped
+    # every view gives all of them (the default); explicit infer_directions and directions are honoured
     assert torch.equal(build("projection25d", 1, 1).inference_views(), torch.arange(24))
     assert torch.equal(_tiny(1, directions=4, infer_directions=4).inference_views(), torch.arange(12))
     assert _tiny(1, directions=6, infer_directions=3).inference_views().tolist() == [1, 3, 5, 7, 9, 11, 13, 15, 17]
