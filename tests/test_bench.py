@@ -33,6 +33,14 @@ def test_step_measure_feeds_each_family_its_batch(name, options, batch_shape, pr
     assert result["parameters"] > 0 and result["options"].get("scale", 1) == 1  # "auto" resolved by size
 
 
+def test_step_warms_up_random_view_models_over_their_crop_shapes():
+    from seg25d.models import build
+
+    projection = build("projection25d", 1, 1, directions=2, train_directions=2, unet={"depth": 2, "base_channels": 4})
+    assert step.warmup_steps(projection) == step.RANDOM_VIEW_WARMUP > 1
+    assert step.warmup_steps(build("unet2d", 1, 1, depth=2, base_channels=4)) == 1
+
+
 def test_oracle_ceilings_are_dice_values(tiny_manifest):
     sets = {"one axis": ("axes", (0,), 4), "three axes": ("axes", (0, 1, 2), 2)}
     rows = oracle.bench_oracle(tiny_manifest, "test", sets)

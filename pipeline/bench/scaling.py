@@ -85,7 +85,7 @@ def _run(model: str, size: int, options: dict, limit_mb: float, timeout: float, 
 
 
 def bench_scaling(sizes=(64, 96, 128, 192, 256), out_dir="bench_scaling", models=None, memory_limit_gb=None,
-                  timeout: float = 1800, repeats: int = 2, precision: str = "fp32") -> pd.DataFrame:
+                  timeout: float = 1800, repeats: int = 5, precision: str = "fp32") -> pd.DataFrame:
     """Measure every model at every size; writes scaling.csv, scaling.json and scaling.png in ``out_dir``.
     ``precision``: that of the training steps, as ``train.precision``."""
     out_dir = Path(out_dir)

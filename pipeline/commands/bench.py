@@ -64,7 +64,7 @@ def register(subparsers) -> None:
     scaling.add_argument("--out", type=Path, required=True, help="folder for scaling.csv/json/png")
     scaling.add_argument("--memory-limit-gb", type=float, help="stop a run above this resident memory "
                                                                 "(default: min(16, 75%% of RAM))")
-    scaling.add_argument("--repeats", type=int, default=2, help="timed repeats per size; the median is reported")
+    scaling.add_argument("--repeats", type=int, default=5, help="timed repeats per size; the median is reported")
     scaling.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="fp32",
                          help="of the training steps, as train.precision (default fp32)")
     scaling.set_defaults(func=_scaling)
