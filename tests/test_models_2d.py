@@ -282,3 +282,22 @@ def test_unet2d_dropout_only_in_training():
     assert not torch.equal(net(x), net(x))
     net.eval()
     assert torch.equal(net(x), net(x))
+
+
+@pytest.mark.parametrize("spatial_dims, padding", [(2, "same"), (3, "same"), (2, "valid")])
+def test_conv_block_folds_batch_norm_in_eval_exactly(spatial_dims, padding):
+    from seg25d.models.blocks import ConvBlock
+
+    torch.manual_seed(0)
+    block = ConvBlock(spatial_dims, 3, 8, padding=padding, act="leaky_relu", dropout=0.3)
+    x = torch.randn(4, 3, *[10] * spatial_dims)
+    block.train()
+    for _ in range(3):  # running statistics away from their initial 0 and 1, and trained affines
+        block(x * 3 + 1)
+    for bn in (block[1], block[4]):
+        bn.weight.data.uniform_(0.5, 2.0), bn.bias.data.normal_()
+    unfolded = nn.Sequential(*block).eval()  # the same modules, run one after the other
+    block.eval()
+    assert torch.allclose(block(x), unfolded(x), atol=1e-5)
+    block.train()  # training mode normalises with the batch's statistics, not the running ones
+    assert not torch.allclose(block(x), unfolded(x), atol=1e-3)
