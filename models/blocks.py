@@ -57,7 +57,7 @@ class ConvBlock(nn.Sequential):
         super().__init__(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training or not isinstance(self[1], nn.modules.batchnorm._BatchNorm):
+        if self.training or not isinstance(self[1], (nn.BatchNorm2d, nn.BatchNorm3d)):
             return super().forward(x)
         layers = list(self)
         for conv_, bn, act in (layers[0:3], layers[3:6]):  # eval: dropout is the identity
