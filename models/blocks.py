@@ -17,11 +17,23 @@ def conv(spatial_dims: int):
     return {2: nn.Conv2d, 3: nn.Conv3d}[spatial_dims]
 
 
+class InstanceNorm2d(nn.InstanceNorm2d):
+    """torch's ``InstanceNorm2d`` computed on contiguous memory: on the channels-last activations of the 2D
+    U-Nets torch's kernel took about 3x as long (forward and backward, bf16, 9 x 16 x 96 x 136: 5.4-6.4 ms
+    against 1.9-2.2 ms; forward and backward of the default 2D U-Net on a step's 9 crops 85-92 ms against 68 ms
+    with the copies, 54-58 ms with batch norms; 2026-12-06)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+            return super().forward(x.contiguous()).contiguous(memory_format=torch.channels_last)
+        return super().forward(x)
+
+
 def norm(kind: str, spatial_dims: int, channels: int) -> nn.Module:
     if kind == "batch":
         return {2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[spatial_dims](channels)
     if kind == "instance":
-        return {2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}[spatial_dims](channels, affine=True)
+        return {2: InstanceNorm2d, 3: nn.InstanceNorm3d}[spatial_dims](channels, affine=True)
     if kind == "none":
         return nn.Identity()
     raise ValueError(f"norm must be one of {NORMS}, got {kind!r}")

@@ -51,6 +51,7 @@ def load_model(path: str | os.PathLike, payload: dict | None = None):
         options.setdefault("slabs", 1)
         options.setdefault("infer_directions", options.get("directions"))
         options.setdefault("sum_input", False)
+        options["unet"] = {"norm": "batch", **options.get("unet", {})}
     try:
         model = build(config["name"], config["in_channels"], config["out_channels"], **options)
         model.load_state_dict(payload["model_state"])

@@ -114,10 +114,14 @@ def test_every_ablation_entry_builds_and_runs():
 
     x = torch.randn(1, 1, 6, 8, 10)
     for label, (options, _) in ABLATIONS.items():
-        model = build("projection25d", 1, 1, **{**options, "unet": {"depth": 2, "base_channels": 4}})
+        small = {**options.get("unet", {}), "depth": 2, "base_channels": 4}
+        model = build("projection25d", 1, 1, **{**options, "unet": small})
         assert model(x).shape == x.shape, label
-    # the last steps of the ladder: half the views at inference, line sums, all the views again (the default)
-    *_, (all_views, _), (subset, _), (sums, _), (default, _) = ABLATIONS.values()
+    # the last steps of the ladder: half the views at inference, line sums, all the views again, instance norm
+    *_, (all_views, _), (subset, _), (sums, _), (again, _), (default, _) = ABLATIONS.values()
     assert default == {"preset": "default"}
-    steps = [build("projection25d", 1, 1, **options) for options in (all_views, subset, sums, default)]
-    assert [(m.infer_directions, m.sum_input) for m in steps] == [(8, False), (4, False), (4, True), (8, True)]
+    steps = [build("projection25d", 1, 1, **options) for options in (all_views, subset, sums, again, default)]
+    assert [(m.infer_directions, m.sum_input) for m in steps] == [(8, False), (4, False), (4, True), (8, True),
+                                                                    (8, True)]
+    norms = [{type(n).__name__ for n in m.unet.modules() if "Norm" in type(n).__name__} for m in steps]
+    assert norms == [{"BatchNorm2d"}] * 4 + [{"InstanceNorm2d"}]

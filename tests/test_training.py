@@ -217,6 +217,25 @@ def test_checkpoint_from_before_sum_input_has_no_line_sums():
         assert torch.equal(model(x), trained(x))
 
 
+
+def test_checkpoint_from_before_instance_norm_keeps_its_batch_norms():
+    """A stored projection25d config whose U-Net options name no ``norm`` was trained with batch norms; today's
+    default normalises per image."""
+    from seg25d.models import build
+
+    options = {"directions": 2, "train_directions": 2, "unet": {"depth": 2, "base_channels": 4}, "head_channels": 4}
+    trained = build("projection25d", 1, 1, **{**options, "unet": {**options["unet"], "norm": "batch"}})
+    trained.train()(torch.randn(1, 1, 6, 8, 9) * 2 + 1)  # running statistics away from 0 and 1
+    trained.eval()
+    config = copy.deepcopy(trained.config)
+    del config["options"]["unet"]["norm"]
+    model = load_model("old.pt", {"model_config": config, "model_state": trained.state_dict()})
+    kinds = lambda m: {type(n).__name__ for n in m.unet.modules() if "Norm" in type(n).__name__}  # noqa: E731
+    assert kinds(model) == {"BatchNorm2d"} and kinds(build("projection25d", 1, 1, **options)) == {"InstanceNorm2d"}
+    x = torch.randn(1, 1, 6, 8, 9)
+    with torch.no_grad():
+        assert torch.equal(model(x), trained(x))
+
 def test_corrupt_checkpoint_named(small_run, tmp_path, capsys):
     out, config, _ = small_run
     garbage = tmp_path / "garbage.pt"

@@ -13,11 +13,14 @@ from seg25d.pipeline.turns import TURN_SECONDS
 __all__ = ["ABLATIONS", "bench_ablation"]
 
 _PAPER_3AXES = {"preset": "paper", "axes": [0, 1, 2], "directions": 8, "train_directions": 6}
+# the U-Net's batch norms, as every entry before the last was measured
+_BN = {"unet": {"norm": "batch"}}
 # every view at inference and no line sums, as the entries before those two steps were measured
-_ALL = {"infer_directions": 8, "sum_input": False}
+_ALL = {"infer_directions": 8, "sum_input": False, **_BN}
 # the default before slab MIPs: backprojected and MIP-lifted channels, whole-ray MIPs, 6 views per step
 _BOTH = {"lift": ["backproject", "mip"], "slabs": 1, "train_directions": 6, **_ALL}
 _ONE_SLAB = {"slabs": 1, "train_directions": 6, **_ALL}
+_DEFAULT_BN = {"preset": "default", **_BN}
 
 # label -> (projection25d options, extra config overrides)
 ABLATIONS: dict[str, tuple[dict, tuple]] = {
@@ -31,16 +34,17 @@ ABLATIONS: dict[str, tuple[dict, tuple]] = {
     "MIP lifting only": ({"preset": "default", **_ONE_SLAB}, ()),
     "both lifts, Radon input": ({"preset": "default", **_BOTH, "mode": "radon"}, ()),
     "both lifts, ramp filtration init": ({"preset": "default", **_BOTH, "filter_init": "ramp"}, ()),
-    "default, path 1 only": ({"preset": "default"}, ("train.schedule=\"path1\"",)),
-    "default, path 1 / path 2 alternating": ({"preset": "default"}, ("train.schedule=\"alternate\"",)),
-    "default at half resolution (scale 2)": ({"preset": "default", "scale": 2}, ()),
+    "default, path 1 only": (_DEFAULT_BN, ("train.schedule=\"path1\"",)),
+    "default, path 1 / path 2 alternating": (_DEFAULT_BN, ("train.schedule=\"alternate\"",)),
+    "default at half resolution (scale 2)": ({**_DEFAULT_BN, "scale": 2}, ()),
     "both lifts, 3 slab MIPs per view, 3 views per step": ({"preset": "default", **_BOTH, "slabs": 3,
                                                             "train_directions": 3}, ()),
     "MIP lifting only, 3 slab MIPs per view, 3 views per step": ({"preset": "default", **_ALL}, ()),
-    "+ 4 of 8 views per axis at inference and in path 2": ({"preset": "default", "sum_input": False,
+    "+ 4 of 8 views per axis at inference and in path 2": ({**_DEFAULT_BN, "sum_input": False,
                                                              "infer_directions": 4}, ()),
-    "+ line sums as a second U-Net input": ({"preset": "default", "infer_directions": 4}, ()),
-    "+ all 24 views at inference and in path 2 again = default": ({"preset": "default"}, ()),
+    "+ line sums as a second U-Net input": ({**_DEFAULT_BN, "infer_directions": 4}, ()),
+    "+ all 24 views at inference and in path 2 again": (_DEFAULT_BN, ()),
+    "+ instance norm in the U-Net = default": ({"preset": "default"}, ()),
 }
 
 
