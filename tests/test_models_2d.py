@@ -320,3 +320,24 @@ def test_instance_norm_on_channels_last_input_matches_torch():
     mine = torch.autograd.grad(y, [x, ours.weight, ours.bias], grad)
     theirs = torch.autograd.grad(ref(x), [x, ref.weight, ref.bias], grad)
     assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(mine, theirs))
+
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_instance_norm_without_gradients_matches_torch(affine):
+    """Inference takes the statistics over a view of the channels-last memory instead of torch's kernel."""
+    from seg25d.models.blocks import InstanceNorm2d
+
+    torch.manual_seed(0)
+    ours, ref = InstanceNorm2d(5, affine=affine), nn.InstanceNorm2d(5, affine=affine)
+    if affine:
+        ref.weight.data.uniform_(0.5, 2.0), ref.bias.data.normal_()
+        ours.load_state_dict(ref.state_dict())
+    x = (torch.randn(4, 5, 7, 9) * 3 + torch.arange(5.0).view(1, 5, 1, 1) * 10).contiguous(
+        memory_format=torch.channels_last)
+    with torch.no_grad():
+        y = ours(x)
+        expected = ref(x.contiguous())
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(y, expected, atol=1e-5)
+    assert torch.allclose(y.mean(dim=(2, 3)), ref.bias.expand(4, 5) if affine else torch.zeros(4, 5), atol=1e-5)
