@@ -25,7 +25,8 @@ class InstanceNorm2d(nn.InstanceNorm2d):
     (72 x 16 x 64 x 96: 3.7 ms against 23 ms)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last):
+        if (x.dim() != 4 or self.track_running_stats or x.is_contiguous()
+                or not x.is_contiguous(memory_format=torch.channels_last)):
             return super().forward(x)
         if torch.is_grad_enabled() or x.dtype not in (torch.float32, torch.float64):
             return super().forward(x.contiguous()).contiguous(memory_format=torch.channels_last)

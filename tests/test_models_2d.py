@@ -322,7 +322,6 @@ def test_instance_norm_on_channels_last_input_matches_torch():
     assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(mine, theirs))
 
 
-
 @pytest.mark.parametrize("affine", [True, False])
 def test_instance_norm_without_gradients_matches_torch(affine):
     """Inference takes the statistics over a view of the channels-last memory instead of torch's kernel."""

@@ -217,7 +217,6 @@ def test_checkpoint_from_before_sum_input_has_no_line_sums():
         assert torch.equal(model(x), trained(x))
 
 
-
 def test_checkpoint_from_before_instance_norm_keeps_its_batch_norms():
     """A stored projection25d config whose U-Net options name no ``norm`` was trained with batch norms; today's
     default normalises per image."""
@@ -235,6 +234,7 @@ def test_checkpoint_from_before_instance_norm_keeps_its_batch_norms():
     x = torch.randn(1, 1, 6, 8, 9)
     with torch.no_grad():
         assert torch.equal(model(x), trained(x))
+
 
 def test_corrupt_checkpoint_named(small_run, tmp_path, capsys):
     out, config, _ = small_run
