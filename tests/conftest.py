@@ -11,7 +11,7 @@ _REPO = Path(__file__).resolve().parents[1]
 
 
 def _find_realdata() -> Path | None:
-    candidates = [os.environ.get("SEG25D_REALDATA"), _REPO.parent / "shared" / "realdata", "/work/shared/realdata"]
+    candidates = [os.environ.get("SEG25D_REALDATA"), _REPO.parent / "shared" / "realdata"]
     for candidate in candidates:
         if candidate and (Path(candidate) / "README.md").is_file():
             return Path(candidate)
