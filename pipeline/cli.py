@@ -8,7 +8,6 @@ import logging
 import sys
 
 from seg25d import __version__
-from seg25d.pipeline.allocator import keep_freed_memory
 from seg25d.pipeline.errors import InputError
 
 # Subcommand modules in seg25d.pipeline.commands, in the order `seg25d --help` lists them.
@@ -40,7 +39,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    keep_freed_memory()  # training and inference reuse freed tensor memory (see seg25d.pipeline.allocator)
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

@@ -18,7 +18,9 @@ def register(subparsers) -> None:
 
 
 def _demo(args) -> int:
+    from seg25d.pipeline.allocator import keep_freed_memory
     from seg25d.pipeline.demo import run_demo
 
+    keep_freed_memory()
     run_demo(args.out, args.minutes, args.cases, seed=args.seed, overrides=args.overrides)
     return 0
