@@ -137,7 +137,7 @@ class Encoded(NamedTuple):
     """What :meth:`Projection25D.encode` gives :meth:`Projection25D.decode`."""
 
     features: torch.Tensor  #: the U-Net's outputs per image ``(B, F, m * slabs, V, U)``
-    argmax: torch.Tensor | None  #: the depth of each ray's maximum, for MIP lifting (None without it)
+    argmax: object  #: where each ray's maximum lies, for MIP lifting (opaque; None without it)
     views: torch.Tensor  #: the views' indices
     core: torch.Tensor  #: :meth:`Projection25D.core_input` of the volume
 
