@@ -50,12 +50,13 @@ def _projection25d_options_v1(options: dict) -> dict:
 
 def _from_v1(payload: dict) -> dict:
     model = payload["model_config"]
-    if model["name"] == "projection25d":
-        payload["model_config"] = {**model, "options": _projection25d_options_v1(model["options"])}
-        config = payload.get("config")
-        if config and config.get("model", {}).get("options"):  # what a resumed run compares its config with
-            stored = config["model"]["options"]
-            config["model"]["options"] = {k: v for k, v in stored.items() if k not in _REMOVED_V1}
+    if model["name"] != "projection25d":
+        return payload
+    payload = {**payload, "model_config": {**model, "options": _projection25d_options_v1(model["options"])}}
+    config = payload.get("config")
+    if config and config.get("model", {}).get("options"):  # what a resumed run compares its config with
+        options = {k: v for k, v in config["model"]["options"].items() if k not in _REMOVED_V1}
+        payload["config"] = {**config, "model": {**config["model"], "options": options}}
     return payload
 
 
@@ -94,6 +95,10 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         raise InputError(path, f"not a readable checkpoint ({type(err).__name__}: {error_line(err, last=False)})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise InputError(path, f"not a seg25d checkpoint (expected format {FORMAT})")
+    return _migrated(path, payload)
+
+
+def _migrated(path, payload: dict) -> dict:
     try:
         return migrate(payload)
     except (ValueError, KeyError, TypeError) as err:
@@ -101,10 +106,11 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
 
 
 def load_model(path: str | os.PathLike, payload: dict | None = None):
-    """Rebuild the network of a checkpoint from its stored constructor config and load its weights (eval mode)."""
+    """Rebuild the network of a checkpoint (``payload``: one already read) from its stored constructor config and
+    load its weights (eval mode)."""
     from seg25d.models import build
 
-    payload = payload or load_checkpoint(path)
+    payload = load_checkpoint(path) if payload is None else _migrated(path, payload)
     config = payload["model_config"]
     try:
         model = build(config["name"], config["in_channels"], config["out_channels"], **config["options"])
