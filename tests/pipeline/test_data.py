@@ -11,7 +11,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from seg25d.models import Feeding, build, feeding_of
+from seg25d.models import Feeding
 from seg25d.models.slicestack import SliceStack25D
 from seg25d.pipeline.config import DEFAULTS
 from seg25d.pipeline.data import (BatchSampler, Case, group_folds, load_cases, split_manifest,
@@ -63,20 +63,7 @@ def _position(value: float) -> tuple[int, int, int, int]:
     return v // 100000, v % 100000 // 1000, v % 1000 // 32, v % 1000 % 32
 
 
-# --- feeding, task ------------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("name, family", [("projection25d", "volume"), ("unet3d", "patches"), ("monai_unet", "patches"),
-                                          ("slicestack25d", "stacks"), ("unet2d", "slices"), ("segnet", "slices"),
-                                          ("unetpp", "slices")])
-def test_every_model_declares_its_feeding(name, family):
-    try:
-        model = build(name, 1, 2)
-    except ValueError as err:  # monai not installed
-        pytest.skip(str(err))
-    assert feeding_of(model).kind == family
-    stacked = feeding_of(build("slicestack25d", 1, 2, slices=5, stride=2, edge="mirror"))
-    assert (stacked.slices, stacked.stride, stacked.edge, stacked.padding) == (5, 2, "mirror", "same")
-
+# --- task ------------------------------------------------------------------------------------------
 
 def test_task_inferred_from_label_files(tmp_path):
     meta = synthetic_meta((3, 4, 5))
