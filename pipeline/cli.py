@@ -35,7 +35,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for name in COMMANDS:
         importlib.import_module(f"seg25d.pipeline.commands.{name}").register(sub)
+    _describe(parser)
     return parser
+
+
+def _describe(parser: argparse.ArgumentParser) -> None:
+    """Every subcommand's --help opens with a description: its own, or the line it is listed with."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            listed = {choice.dest: choice.help for choice in action._choices_actions}
+            for name, subparser in action.choices.items():
+                subparser.description = subparser.description or listed.get(name)
+                _describe(subparser)
 
 
 def main(argv: list[str] | None = None) -> int:
