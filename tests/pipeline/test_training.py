@@ -307,6 +307,7 @@ def _kill_midway(proc: subprocess.Popen, checkpoint, steps: int, timeout: float 
     pytest.fail("training subprocess did not checkpoint in time")
 
 
+@pytest.mark.slow
 def test_resume_after_kill_is_bit_identical(manifest, tmp_path, no_curves):
     steps = 10
     sets = _sets(manifest, TINY_P25, "train.checkpoint_every=1", "train.val_every=4", "train.path2_fraction=0.3",
@@ -493,6 +494,7 @@ def test_bad_settings(manifest, tmp_path, override, match):
 
 # --- data parallel ---------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_torchrun_two_processes(manifest, tmp_path):
     steps = 4
     out = tmp_path / "ddp"
