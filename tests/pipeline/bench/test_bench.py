@@ -80,7 +80,6 @@ def test_scaling_watch_reports_instead_of_failing(tmp_path):
     assert failed is None and status == "failed: boom"
 
 
-@pytest.mark.slow
 def test_scaling_figure_marks_failed_runs(tmp_path):
     frame = pd.DataFrame([
         {"model": "m", "size": 32, "status": "ok", "step_seconds": 0.1, "step_peak_extra_mb": 10.0},
