@@ -23,6 +23,7 @@ import pandas as pd
 
 from seg25d.pipeline.atomic import write_csv, write_json, write_text
 from seg25d.pipeline.errors import InputError
+from seg25d.pipeline.memory import ENV as STEP_MEMORY_ENV
 from seg25d.pipeline.turns import TURN_SECONDS, run_in_turns
 
 __all__ = ["bench_compare", "run_entries", "DEFAULT_MODELS", "markdown_table"]
@@ -121,7 +122,8 @@ def run_entries(entries, manifest, budget_minutes: float, out_dir, seed: int, co
     how = f"in turns of {turn_seconds:g} s" if turn_seconds > 0 else "one after another"
     print(f"[{name}] training {', '.join(label for label, *_ in entries)} for {budget_minutes:g} min each, {how}",
           flush=True)
-    trained = run_in_turns(commands, [base / "train.log" for base in bases], turn_seconds)
+    trained = run_in_turns(commands, [base / "train.log" for base in bases], turn_seconds,
+                           env={STEP_MEMORY_ENV: "1"})  # metrics.csv gets each step's peak memory
     rows, failed = [], []
     for base, (label, *_), outcome in zip(bases, entries, trained):
         run_dir = base / "run"

@@ -8,7 +8,9 @@ from seg25d.pipeline.turns import TURN_SECONDS
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("bench", help="benchmarks: operators, models, compare, ablation, oracle, scaling")
+    parser = subparsers.add_parser("bench", help="benchmarks: operators, models, compare, ablation, oracle, scaling",
+                                   description="Measure the projectors and the models: speed, memory and accuracy "
+                                               "under one budget; each writes a table plus JSON/CSV.")
     sub = parser.add_subparsers(dest="bench", metavar="BENCH")
     sub.required = True
 
@@ -39,7 +41,7 @@ def register(subparsers) -> None:
                               "and fast minutes alike; 0: one after another (default %(default)g)")
     compare.set_defaults(func=_compare)
 
-    ablation = sub.add_parser("ablation", help="the steps from the seed's model to the default, each trained")
+    ablation = sub.add_parser("ablation", help="the steps from the paper's model to the default, each trained")
     ablation.add_argument("--manifest", type=Path, required=True, help="manifest with train, val and test splits")
     ablation.add_argument("--budget-minutes", type=float, required=True, help="training time per entry")
     ablation.add_argument("--out", type=Path, required=True, help="folder for runs and ablation.csv/json/md")
