@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
+import shutil
 from pathlib import Path
 from typing import Iterator
 
@@ -61,6 +63,31 @@ def _create_temp_sibling(path: Path) -> Path:
             continue
         return tmp
     raise FileExistsError(f"{path}: could not create a temporary file beside it")
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporaries a killed writer of ``path`` left beside it (``.<stem>.<8 hex>.tmp<suffix>`` files
+    of :func:`atomic_path`, ``.<name>.<random>.tmp`` folders of detached-header writes); returns them.
+
+    Call it when a job starts on ``path``, not while another process may be writing it.
+    """
+    path = Path(path)
+    suffix = full_suffix(path)
+    stem = path.name[: len(path.name) - len(suffix)]
+    patterns = (re.compile(rf"\.{re.escape(stem)}\.[0-9a-f]{{8}}\.tmp{re.escape(suffix)}"),
+                re.compile(rf"\.{re.escape(path.name)}\.[A-Za-z0-9_]{{8}}\.tmp"))
+    if not path.parent.is_dir():
+        return []
+    removed = []
+    for item in path.parent.iterdir():
+        if not any(p.fullmatch(item.name) for p in patterns):
+            continue
+        if item.is_dir() and not item.is_symlink():
+            shutil.rmtree(item, ignore_errors=True)
+        else:
+            item.unlink(missing_ok=True)
+        removed.append(item)
+    return removed
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -33,6 +33,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
+        if isinstance(err, EOFError) or "failed finding central directory" in str(err):  # zero bytes or cut short
+            raise InputError(path, "not a seg25d checkpoint (empty/truncated file)") from None
         raise InputError(path, f"not a readable checkpoint ({type(err).__name__}: {error_line(err, last=False)})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise InputError(path, f"not a seg25d checkpoint (expected format {FORMAT})")
