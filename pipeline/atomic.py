@@ -11,6 +11,8 @@ import shutil
 from pathlib import Path
 from typing import Iterator
 
+from seg25d.pipeline.errors import InputError
+
 
 def full_suffix(path: str | os.PathLike) -> str:
     """The extension including compound ones: ``a.nii.gz`` -> ``.nii.gz``, ``b.nrrd`` -> ``.nrrd``."""
@@ -26,7 +28,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` with the same extension; rename it onto ``path`` on success.
 
     On any exception the temporary file is removed and ``path`` is left untouched, so a reader
-    never sees a half-written file. Parent folders are created.
+    never sees a half-written file. Parent folders are created. A folder at ``path``, or a file where a
+    parent folder should be, is an InputError.
 
     Example:
         >>> import tempfile, pathlib
@@ -37,7 +40,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         'done'
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise InputError(path, "output name exists as a folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise InputError(path, "cannot be written: a file stands where its folder should be") from None
     tmp = _create_temp_sibling(path)
     try:
         yield tmp

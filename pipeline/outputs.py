@@ -43,12 +43,14 @@ def safe_name(name: str, where: str | os.PathLike | None, what: str = "case_id")
 
 
 def inside(folder: str | os.PathLike, name: str | os.PathLike) -> Path:
-    """``folder / name``, or InputError when that path resolves outside ``folder`` (``..``, absolute, links)."""
+    """``folder / name``, or InputError when ``name`` leads out of the (resolved) ``folder``: ``..``, absolute
+    paths, links to other folders on the way. A link as the last part is fine: atomic writes replace it."""
     folder = Path(folder)
     path = folder / name
-    root, resolved = folder.resolve(), path.resolve()
-    if resolved == root or not resolved.is_relative_to(root):
-        raise InputError(path, f"would be written outside the output folder {folder}")
+    root = folder.resolve()
+    within = Path(os.path.normpath(root / name))
+    if within == root or not within.parent.resolve().is_relative_to(root):
+        raise InputError(path, f"is not inside the folder {folder}")
     return path
 
 
