@@ -186,7 +186,7 @@ def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
     for row, (case, image, split) in enumerate(zip(frame.case_id, frame.image, frame.split), start=2):
         if not case:
             raise InputError(path, f"line {row}: empty case_id")
-        safe_name(case, f"{path}, line {row}")
+        safe_name(case, path, f"line {row}: case_id")
         if not image:
             raise InputError(path, f"line {row} ({case}): empty image path")
         if split and split not in SPLITS:

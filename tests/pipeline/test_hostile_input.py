@@ -120,7 +120,7 @@ def test_manifest_check_refuses_case_ids_that_are_not_plain_names(tmp_path, caps
     code, out, err = run(capsys, caplog, "manifest", "check", manifest)
     assert code == 2
     line = error_line(err)
-    assert line.startswith(f"seg25d manifest: error: {manifest}, line 3: case_id ")
+    assert line.startswith(f"seg25d manifest: error: {manifest}: line 3: case_id ")
     assert "plain names" in line
     assert snapshot(tmp_path) == before
 
