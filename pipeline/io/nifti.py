@@ -91,8 +91,8 @@ class NibabelIO(VolumeIO):
             img.header.set_slope_inter(1.0, 0.0)
             sform, scode = header.get_sform(coded=True)
             qform, qcode = header.get_qform(coded=True)
-            img.set_sform(sform if sform is not None else affine_ijk, int(scode))
-            img.set_qform(qform if qform is not None else affine_ijk, int(qcode))
+            img.set_sform(sform if sform is not None else header.get_sform(), int(scode))  # uncoded ones too
+            img.set_qform(qform if qform is not None else header.get_qform(), int(qcode))
             if not np.allclose(img.affine, affine_ijk, atol=1e-4 / scale):  # meta changed: its affine wins
                 img.set_sform(affine_ijk, 1)
                 img.set_qform(affine_ijk, 1)
