@@ -121,10 +121,9 @@ def _score_case(case_id: str, label_path: Path, pred_dir: Path, spec: LabelSpec,
     warning = label_value_problem(truth.array, spec)
     if warning:
         log.warning("%s: %s; scored as background", label_path, warning)
-    undeclared = spec.invalid_values(pred.array)
+    undeclared = label_value_problem(pred.array, spec)
     if undeclared:
-        log.warning("%s: prediction holds values %s that no class declares (%s encoding); they count as background",
-                    pred_path, undeclared[:10], spec.encoding)
+        log.warning("%s: prediction: %s; scored as background", pred_path, undeclared)
     true_masks = spec.masks(truth.array)
     pred_masks = spec.masks(pred.array)
     spacing = tuple(float(s) for s in truth.meta.spacing)
