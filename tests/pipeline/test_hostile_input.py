@@ -388,20 +388,25 @@ def test_evaluate_flags_undeclared_reference_values_per_case(tmp_path, capsys, c
     manifest = make_dataset(tmp_path / "data")
     label = tmp_path / "data" / "labels" / "lab2.nii.gz"
     truth = read_volume(label).array.copy()
-    truth[truth == 0][:1] = 0
+    assert truth[0, 0, 0] == 0
     truth[0, 0, 0] = 3
     write_mask(label, truth, META)
     pred = tmp_path / "pred"
     for k, case in enumerate(("c0", "c1", "c2")):
         write_mask(pred / f"{case}.nii.gz", read_volume(tmp_path / "data" / "labels" / f"lab{k}.nii.gz").array == 1,
                    META)
+    halves = read_volume(pred / "c1.nii.gz").array.astype(np.float32)
+    assert halves[0, 0, 0] == 0
+    halves[0, 0, 0] = 0.5  # a float prediction: its 0.5 is reported as such, not as an undeclared 0
+    write_volume(pred / "c1.nii.gz", halves, META)
     before = snapshot(tmp_path)
     with caplog.at_level(logging.WARNING):
         code, _, _ = run(capsys, caplog, "evaluate", "--pred", pred, "--manifest", manifest, "--out", tmp_path / "e")
         warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert code == 0
     message = "label values [3] outside the declared classes {'vessel': 1} (index)"
-    assert warnings == [f"{label}: {message}; scored as background"]
+    assert warnings == [f"{pred / 'c1.nii.gz'}: prediction: label volume holds non-integer values 0.5; scored as "
+                        "background", f"{label}: {message}; scored as background"]
     frame = pd.read_csv(tmp_path / "e" / "metrics.csv", keep_default_na=False)
     assert dict(zip(frame.case_id, frame.label_warning)) == {"c0": "", "c1": "", "c2": message}
     assert frame.dice.tolist() == [1.0, 1.0, 1.0]  # the 3 counts as background, as the prediction has it
