@@ -1,7 +1,7 @@
 """Where outputs go: file names made from ids, paths kept inside their output folder, folders checked up front.
 
 Ids read from files (case ids of a manifest, case ids of a metrics table) become file names. ``safe_name``
-accepts only a plain file name: no path separators, no ``.``/``..``, no control characters, at most 255 bytes,
+accepts only a plain file name: no path separators, no ``.``/``..``, no control characters, at most 200 bytes,
 so an id can never point outside the folder it is written to; ``inside`` checks that again where each file
 is written. ``check_out_dir`` finds an unusable ``--out`` before any work starts.
 """
@@ -15,7 +15,8 @@ from seg25d.pipeline.errors import InputError
 
 __all__ = ["name_problem", "safe_name", "inside", "check_out_dir", "make_out_dir"]
 
-_MAX_BYTES = 255  # longest file name of common file systems (ext4, APFS, NTFS)
+# file systems hold names of 255 bytes; the rest is room for extensions, class names and temporary-file parts
+MAX_NAME_BYTES = 200
 
 
 def name_problem(name: str) -> str | None:
@@ -28,8 +29,8 @@ def name_problem(name: str) -> str | None:
         return "is '.' or '..'"
     if any(ord(c) < 32 or ord(c) == 127 for c in name):
         return "holds a control character"
-    if len(name.encode("utf-8", "surrogatepass")) > _MAX_BYTES - 16:  # room for an extension and a temp suffix
-        return f"is longer than {_MAX_BYTES - 16} bytes"
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        return f"is longer than {MAX_NAME_BYTES} bytes"
     return None
 
 

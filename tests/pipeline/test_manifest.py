@@ -110,7 +110,7 @@ def test_write_manifest_writes_relative_paths_and_round_trips(tmp_path, as_frame
     ("case_id,image\nsub\\evil,y.nii.gz\n", "line 2: case_id 'sub\\\\evil' holds a path separator"),
     ("case_id,image\n..,y.nii.gz\n", "line 2: case_id '..' is '.' or '..'"),
     ("case_id,image\n\"a\nb\",y.nii.gz\n", "line 2: case_id 'a\\nb' holds a control character"),
-    ("case_id,image\n" + "x" * 240 + ",y.nii.gz\n", "is longer than 239 bytes"),
+    ("case_id,image\n" + "x" * 201 + ",y.nii.gz\n", "is longer than 200 bytes"),
 ])
 def test_invalid_manifest_raises_naming_the_csv(tmp_path, text, problem):
     path = write_text(tmp_path / "bad.csv", text)
