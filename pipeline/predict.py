@@ -126,9 +126,9 @@ def predict_batch(checkpoint, jobs: list[PredictionJob], out_dir, probabilities:
             outputs = [target, *maps] if probabilities else [target]
             for path in outputs:
                 if path.resolve() in inputs:
-                    raise InputError(path, "is an input of this batch; predict into another --out")
+                    raise InputError(job.image, f"output {path} is an input of this batch; predict into another --out")
                 if path.is_dir():
-                    raise InputError(path, "output name exists as a folder")
+                    raise InputError(job.image, f"output {path} exists as a folder")
                 remove_stale_temporaries(path)
             if all(path.exists() for path in outputs) and not overwrite:
                 skipped += 1
