@@ -7,7 +7,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -18,7 +17,7 @@ import SimpleITK as sitk
 
 from seg25d.pipeline.cli import main
 from seg25d.pipeline.io import read_volume, synthetic_meta, write_mask, write_volume
-from seg25d.pipeline.manifest import LabelSpec, read_manifest, write_label_spec, write_manifest
+from seg25d.pipeline.manifest import LabelSpec, write_label_spec, write_manifest
 
 TINY = ["model.name=unet2d", "model.options={depth=2, base_channels=4}", "train.max_steps=1",
         "train.progress=false", "train.val_every=1", "train.checkpoint_every=1", "train.slices_per_step=2",
