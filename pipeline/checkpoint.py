@@ -92,6 +92,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
+        if _cut_short(path):
+            raise InputError(path, "not a seg25d checkpoint (empty/truncated file)") from None
         raise InputError(path, f"not a readable checkpoint ({type(err).__name__}: {error_line(err, last=False)})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise InputError(path, f"not a seg25d checkpoint (expected format {FORMAT})")
@@ -103,6 +105,14 @@ def _migrated(path, payload: dict) -> dict:
         return migrate(payload)
     except (ValueError, KeyError, TypeError) as err:
         raise InputError(path, f"cannot read this checkpoint: {err}") from None
+
+
+def _cut_short(path: Path) -> bool:
+    """True for an empty file, or a zip archive (torch's format) whose end record is missing."""
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+        handle.seek(max(0, path.stat().st_size - 65_557))  # the end record: 22 bytes + a comment of up to 64 KiB
+        return not head or (head == b"PK\x03\x04" and b"PK\x05\x06" not in handle.read())
 
 
 def load_model(path: str | os.PathLike, payload: dict | None = None):

@@ -20,7 +20,8 @@ from seg25d.models.feeding import Feeding
 from seg25d.models.slicestack import stack_indices
 from seg25d.pipeline.errors import InputError
 from seg25d.pipeline.io import VolumeMeta, read_volume
-from seg25d.pipeline.manifest import LabelSpec, label_spec_or_infer, read_manifest
+from seg25d.pipeline.manifest import (LabelSpec, label_on_image_grid, label_spec_or_infer, label_value_problem,
+                                      read_manifest)
 from seg25d.pipeline.preprocess import Preprocessing
 
 __all__ = ["Task", "Case", "load_cases", "split_manifest", "group_folds", "BatchSampler", "step_generator",
@@ -108,20 +109,21 @@ def split_manifest(manifest, data_config: dict, seed: int = 0) -> tuple[pd.DataF
     return train, val
 
 
-def load_cases(rows: pd.DataFrame, task: Task, preprocessing: Preprocessing, progress: bool = True) -> list[Case]:
-    """Read, resample and normalise every case of ``rows`` (labels decoded to per-class masks)."""
+def load_cases(rows: pd.DataFrame, task: Task, preprocessing: Preprocessing, progress: bool = True,
+               resample_labels: bool = False) -> list[Case]:
+    """Read, resample and normalise every case of ``rows`` (labels decoded to per-class masks). A label on
+    another grid than its image is an error, or with ``resample_labels`` resampled onto the image's grid."""
     cases = []
     for row in tqdm(list(rows.itertuples()), desc="loading", unit="case", disable=not progress, leave=False):
         image = read_volume(row.image)
         masks = None
         if row.label:
             label = read_volume(row.label)
-            if tuple(label.meta.shape) != tuple(image.meta.shape):
-                raise InputError(row.label, f"label shape {label.meta.shape} differs from image {image.meta.shape}")
-            bad = task.spec.invalid_values(label.array)
-            if bad:
-                raise InputError(row.label, f"label values {bad} outside the declared classes")
-            masks = preprocessing.masks(task.spec.masks(label.array), image.meta.spacing)
+            array = label_on_image_grid(label, image.meta, resample_labels)
+            problem = label_value_problem(array, task.spec)
+            if problem:
+                raise InputError(row.label, problem)
+            masks = preprocessing.masks(task.spec.masks(array), image.meta.spacing)
         cases.append(Case(row.case_id, row.group, preprocessing.image(image.array, image.meta.spacing), masks,
                           image.meta))
     return cases

@@ -5,8 +5,8 @@ survive.
 ``train.checkpoint_every`` steps and at the end), ``best.pt`` (best mean validation Dice, or lowest training
 loss without validation cases), ``metrics.csv`` (one row per step: path, losses, learning rate, the step's
 seconds, total time; validation Dice per class on validation steps), ``curves.png`` and ``run.json`` (the
-command line). ``train(..., resume=True)`` continues from ``last.pt``. How a model is fed, and whether it has
-the two paths, is its :class:`~seg25d.models.feeding.Feeding`.
+command lines: the first and every resume). ``train(..., resume=True)`` continues from ``last.pt``. How a model
+is fed, and whether it has the two paths, is its :class:`~seg25d.models.feeding.Feeding`.
 
 Reproducibility: each step's batch, augmentation and random views come from generators seeded by
 ``(seed, step, rank)``, and the optimiser and scheduler states are checkpointed, so a run killed at any point
@@ -47,7 +47,7 @@ from seg25d.pipeline.errors import InputError
 from seg25d.pipeline.losses import segmentation_loss
 from seg25d.pipeline.metrics import dice_per_class
 from seg25d.pipeline.preprocess import Preprocessing
-from seg25d.pipeline.provenance import command_line
+from seg25d.pipeline.provenance import run_commands
 from seg25d.pipeline.volume_inference import predict_probabilities, probabilities_to_masks
 
 __all__ = ["train", "TrainResult", "TrainerCallback", "SCHEDULES"]
@@ -135,8 +135,9 @@ def _load_data(config: dict, main: bool):
     data = config["data"]
     prep = Preprocessing(data["spacing"] or None, data["normalize"], list(data["percentiles"]))
     raw = Preprocessing(prep.spacing, "none")
-    train_cases = load_cases(train_rows, task, raw, progress=main and config["train"]["progress"])
-    val_cases = load_cases(val_rows, task, raw, progress=main and config["train"]["progress"])
+    progress, resample = main and config["train"]["progress"], bool(data["resample_labels"])
+    train_cases = load_cases(train_rows, task, raw, progress=progress, resample_labels=resample)
+    val_cases = load_cases(val_rows, task, raw, progress=progress, resample_labels=resample)
     prep.fit([c.image for c in train_cases])
     for case in train_cases + val_cases:
         case.image = prep.normalise(case.image)
@@ -366,7 +367,8 @@ class _Trainer:
         if self.dist.main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             write_json(self.out_dir / "config.json", self.config)
-            write_json(self.out_dir / "run.json", {"command": command_line(), "resumed_at_step": self.step,
+            write_json(self.out_dir / "run.json", {"commands": run_commands(self.out_dir / "run.json", self.step > 0),
+                                                   "resumed_at_step": self.step,
                                                    "precision": self.precision,
                                                    "world_size": self.dist.world})
         stopped_by_time = False

@@ -110,9 +110,12 @@ def run_entries(entries, manifest, budget_minutes: float, out_dir, seed: int, co
     """Train ``(label, model, options, overrides)`` entries in turns, then predict and evaluate each into
     ``out_dir/<name>.*``. An entry whose training fails is reported after the others are written."""
     from seg25d.pipeline.evaluate import evaluate
+    from seg25d.pipeline.manifest import read_manifest
+    from seg25d.pipeline.outputs import make_out_dir
 
-    manifest, out_dir = Path(manifest).resolve(), Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = Path(manifest).resolve()
+    read_manifest(manifest)  # a bad manifest is one line now, not a failed training per entry
+    out_dir = make_out_dir(out_dir)
     bases = [out_dir / _slug(label) for label, *_ in entries]
     commands = []
     for base, (label, model, options, overrides) in zip(bases, entries):

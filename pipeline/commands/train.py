@@ -22,10 +22,12 @@ def _train(args) -> int:
     from seg25d.pipeline.allocator import keep_freed_memory
     from seg25d.pipeline.callbacks import from_environment
     from seg25d.pipeline.config import load_config
+    from seg25d.pipeline.outputs import check_out_dir
     from seg25d.pipeline.training import train
 
     keep_freed_memory()
     config = load_config(args.config, args.overrides)
+    check_out_dir(args.out)
     result = train(config, args.out, resume=args.resume, callbacks=from_environment())
     if int(os.environ.get("RANK", "0")) == 0:
         note = " (stopped by train.max_minutes)" if result.stopped_by_time else ""

@@ -228,10 +228,11 @@ def test_corrupt_checkpoint_named(small_run, tmp_path, capsys):
     garbage.write_bytes(b"not a checkpoint at all")
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes((out / "last.pt").read_bytes()[:2000])
-    for path in (garbage, truncated):
+    problems = ((garbage, "not a readable checkpoint"), (truncated, "not a seg25d checkpoint (empty/truncated file)"))
+    for path, problem in problems:
         with pytest.raises(InputError) as info:
             load_checkpoint(path)
-        assert str(info.value).startswith(f"{path}: ") and "not a readable checkpoint" in str(info.value)
+        assert str(info.value).startswith(f"{path}: {problem}")
     other = tmp_path / "other.pt"
     torch.save({"model_state": {}}, other)
     with pytest.raises(InputError, match="not a seg25d checkpoint"):
