@@ -278,16 +278,17 @@ class Projection25D(nn.Module):
 
     def draw_views(self, generator: torch.Generator | None = None) -> torch.Tensor:
         """A random subset of ``train_directions`` views spread evenly over the axes (path 1)."""
-        per_axis = [self.train_directions // len(self.axes)] * len(self.axes)
-        extra = torch.randperm(len(self.axes), generator=generator)[: self.train_directions % len(self.axes)]
+        n_axes = len(self.axes)  # view indices live on the host: they slice the geometry
+        per_axis = [self.train_directions // n_axes] * n_axes
+        extra = torch.randperm(n_axes, generator=generator, device="cpu")[: self.train_directions % n_axes]
         for i in extra.tolist():
             per_axis[i] += 1
-        picks = [a * self.directions + torch.randperm(self.directions, generator=generator)[:n]
+        picks = [a * self.directions + torch.randperm(self.directions, generator=generator, device="cpu")[:n]
                  for a, n in enumerate(per_axis)]
         return torch.sort(torch.cat(picks)).values
 
     def all_views(self) -> torch.Tensor:
-        return torch.arange(self.n_views)
+        return torch.arange(self.n_views, device="cpu")
 
     def inference_views(self) -> torch.Tensor:
         """The views of inference and path 2: ``infer_directions`` per axis, evenly spread over the axis's
@@ -295,7 +296,7 @@ class Projection25D(nn.Module):
         every view (or any set starting at 0) the views along the coordinate axes come twice, once from each
         axis they are perpendicular to; this way a subset has as many distinct directions as views."""
         d, k = self.directions, self.infer_directions
-        per_axis = torch.tensor([(2 * i + 1) * d // (2 * k) for i in range(k)])
+        per_axis = torch.tensor([(2 * i + 1) * d // (2 * k) for i in range(k)], device="cpu")
         return torch.cat([a * d + per_axis for a in range(len(self.axes))])
 
     # --- the two halves -------------------------------------------------------------------------------------

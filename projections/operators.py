@@ -33,7 +33,7 @@ _CHUNK = 1 << 20  # elements per MIP temporary: keeps gathers in cache and memor
 def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape) -> torch.Tensor:
     with warnings.catch_warnings():  # "sparse CSR support is in beta": the operations used here are stable
         warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
+        return torch.sparse_csr_tensor(crow, col, values, shape, device=values.device, check_invariants=False)
 
 
 def _transpose(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape) -> torch.Tensor:
