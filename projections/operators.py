@@ -39,9 +39,8 @@ def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape) -> 
 def _transpose(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape) -> torch.Tensor:
     """The transpose of a CSR matrix whose rows hold sorted columns, as CSR with sorted columns, on its device."""
     rows = torch.arange(shape[0], device=crow.device).repeat_interleave(crow.diff(), output_size=len(col))
-    order = torch.sort(col, stable=True).indices  # by column, then by row: the transpose's CSR order
-    counts = torch.bincount(col, minlength=shape[1])
-    crow_t = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+    sorted_col, order = torch.sort(col, stable=True)  # by column, then by row: the transpose's CSR order
+    crow_t = torch.searchsorted(sorted_col, torch.arange(shape[1] + 1, device=col.device))  # no host sync
     return _csr(crow_t, rows[order], values[order], shape[::-1])
 
 
