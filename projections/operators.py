@@ -36,18 +36,12 @@ def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape) -> 
         return torch.sparse_csr_tensor(crow, col, values, shape, device=values.device, check_invariants=False)
 
 
-def _transpose(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape) -> torch.Tensor:
-    """The transpose of a CSR matrix whose rows hold sorted columns, as CSR with sorted columns, on its device."""
-    rows = torch.arange(shape[0], device=crow.device).repeat_interleave(crow.diff(), output_size=len(col))
-    sorted_col, order = torch.sort(col, stable=True)  # by column, then by row: the transpose's CSR order
-    crow_t = torch.searchsorted(sorted_col, torch.arange(shape[1] + 1, device=col.device))  # no host sync
-    return _csr(crow_t, rows[order], values[order], shape[::-1])
-
-
 class _AxisGroup:
     """Views rotating about one axis: a sparse radon matrix for the plane and Joseph tables for MIP.
 
-    The tables are built once with numpy and copied to the device; subsets of views are cut from them there.
+    The tables are built once with numpy and copied to the device: per view, its rows of the radon matrix and
+    the transpose of those rows. The matrices of a subset of views (and their transposes) are put together from
+    these blocks on the device, without sorting or host round trips.
     """
 
     def __init__(self, geometry: Geometry, views: np.ndarray, device, dtype):
@@ -59,28 +53,55 @@ class _AxisGroup:
         rows, cols, vals, shape = splat_matrix(geometry, views)
         sparse = scipy.sparse.csr_matrix((vals, (rows, cols)), shape=shape)
         sparse.sort_indices()
-        self.n_plane = shape[1]
+        self.n_plane = n = shape[1]
         u = geometry.detector_shape[1]
-        self._view_entries = [int(sparse.indptr[v * u]) for v in range(len(views) + 1)]  # each view's entries
+        self._entries = [int(sparse.indptr[v * u]) for v in range(len(views) + 1)]  # each view's rows' entries
         self._crow = torch.as_tensor(sparse.indptr.astype(np.int64), device=device)
         self._col = torch.as_tensor(sparse.indices.astype(np.int64), device=device)
         self._values = torch.as_tensor(sparse.data, dtype=dtype, device=device)
+        blocks = [sparse[v * u:(v + 1) * u].T.tocsr() for v in range(len(views))]  # (Np * Nq, U) each
+        for block in blocks:
+            block.sort_indices()
+        self._t_entries = np.cumsum([0] + [b.nnz for b in blocks]).tolist()
+        self._t_crow = torch.as_tensor(np.stack([b.indptr for b in blocks]).astype(np.int64), device=device)
+        self._t_col = torch.as_tensor(np.concatenate([b.indices for b in blocks]).astype(np.int64), device=device)
+        self._t_values = torch.as_tensor(np.concatenate([b.data for b in blocks]), dtype=dtype, device=device)
+        self._t_row = torch.as_tensor(np.concatenate([np.repeat(np.arange(n), np.diff(b.indptr)) for b in blocks]),
+                                      device=device)  # the row of each entry
         self._subsets: collections.OrderedDict = collections.OrderedDict()
         self._slab_index: dict[tuple[int, int], torch.Tensor] = {}
         perm = (2 + self.p, 2 + self.q, 2 + self.axis, 0, 1)
         self.perm, self.inverse = perm, tuple(int(i) for i in np.argsort(perm))
 
     def _rows_of(self, key: tuple[int, ...]):
-        """CSR arrays of the row blocks of views ``key``, in that order, cut from the group's matrix."""
+        """CSR arrays of the radon matrix of views ``key``: their row blocks one below the other."""
         u = self.geometry.detector_shape[1]
-        starts, crows, done = [], [self._crow.new_zeros(1)], 0
-        for v in key:
-            first, last = self._view_entries[v], self._view_entries[v + 1]
-            starts.append(torch.arange(first, last, device=self.device))
+        spans = [(self._entries[v], self._entries[v + 1]) for v in key]
+        crows, done = [self._crow.new_zeros(1)], 0
+        for v, (first, last) in zip(key, spans):
             crows.append(self._crow[v * u + 1:(v + 1) * u + 1] - (first - done))
             done += last - first
-        entries = torch.cat(starts)
-        return torch.cat(crows), self._col[entries], self._values[entries]
+        return (torch.cat(crows), torch.cat([self._col[a:b] for a, b in spans]),
+                torch.cat([self._values[a:b] for a, b in spans]))
+
+    def _columns_of(self, key: tuple[int, ...]):
+        """CSR arrays of the transpose of views ``key``'s matrix: their transposed blocks side by side (each row
+        holds the entries of the first view, then of the second, ...: columns stay sorted)."""
+        u = self.geometry.detector_shape[1]
+        crows = [self._t_crow[v] for v in key]
+        counts = torch.stack(crows).diff(dim=1).sum(dim=0)
+        crow = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+        size = sum(self._t_entries[v + 1] - self._t_entries[v] for v in key)
+        col, values = self._t_col.new_empty(size), self._t_values.new_empty(size)
+        filled = crow[:-1].clone()  # entries placed so far in each row
+        for k, (v, crow_v) in enumerate(zip(key, crows)):
+            first, last = self._t_entries[v], self._t_entries[v + 1]
+            rows = self._t_row[first:last]
+            slot = (filled - crow_v[:-1]).index_select(0, rows).add_(torch.arange(last - first, device=self.device))
+            col.index_copy_(0, slot, self._t_col[first:last] + k * u)
+            values.index_copy_(0, slot, self._t_values[first:last])
+            filled += crow_v.diff()
+        return crow, col, values
 
     def matrices(self, local: np.ndarray):
         """Radon matrix of the views ``local`` (positions in this group) and its transpose, as torch CSR.
@@ -91,8 +112,8 @@ class _AxisGroup:
         if key not in self._subsets:
             shape = (len(key) * self.geometry.detector_shape[1], self.n_plane)
             full = key == tuple(range(len(self.views)))
-            crow, col, values = (self._crow, self._col, self._values) if full else self._rows_of(key)
-            self._subsets[key] = (_csr(crow, col, values, shape), _transpose(crow, col, values, shape))
+            matrix = (self._crow, self._col, self._values) if full else self._rows_of(key)
+            self._subsets[key] = (_csr(*matrix, shape), _csr(*self._columns_of(key), shape[::-1]))
             if len(self._subsets) > 8:
                 self._subsets.popitem(last=False)
         self._subsets.move_to_end(key)

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import scipy.sparse
 import torch
 
 from seg25d.projections import (
     MaxIntensityProjection, RayBackprojection, RayTransform, axis_geometry, direction_geometry, multi_axis_geometry,
     projector_plan, resample_views, sphere_geometry,
 )
+from seg25d.projections.axis_tables import splat_matrix
 from seg25d.reconstruction import Filtration, backproject, lift_mip
 
 SHAPE = (5, 9, 8)
@@ -125,3 +127,23 @@ def test_resampling_and_filtration_on_the_device(device):
     with torch.no_grad():
         reference = filtration.double()(y.double(), index)
         _close32(filtration.float().to(device)(y.to(device), index.to(device)), reference)
+
+
+@pytest.mark.parametrize("views", [[2, 7, 11], [9, 2, 14, 3], [5], list(range(16))])
+def test_subset_matrices_are_scipy_s_row_blocks_and_transposes(device, views):
+    """The matrices of a subset of views, put together on the device, hold exactly the entries (in CSR order) of
+    scipy's row slice of the whole group's matrix and of its transpose."""
+    geometry = axis_geometry((6, 10, 12), 16, spacing=(1.0, 0.8, 1.3))
+    group = projector_plan(geometry, torch.zeros(1, 1, 6, 10, 12, device=device)).plan.groups[0]
+    rows, cols, vals, shape = splat_matrix(geometry, np.arange(16))
+    whole = scipy.sparse.csr_matrix((vals, (rows, cols)), shape=shape)
+    u = geometry.detector_shape[1]
+    subset = whole[np.concatenate([np.arange(v * u, (v + 1) * u) for v in views])]
+    subset.sort_indices()
+    transpose = subset.T.tocsr()
+    transpose.sort_indices()
+    for matrix, expected in zip(group.matrices(np.array(views)), (subset, transpose)):
+        assert matrix.device.type == device.type and matrix.shape == expected.shape
+        assert np.array_equal(matrix.crow_indices().cpu().numpy(), expected.indptr)
+        assert np.array_equal(matrix.col_indices().cpu().numpy(), expected.indices)
+        assert np.array_equal(matrix.values().cpu().numpy(), expected.data.astype(np.float32))
