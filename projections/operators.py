@@ -309,7 +309,7 @@ class _Plan:
 
     def images(self, positions: np.ndarray, slabs: int) -> torch.Tensor:
         """Image indices, on the plan's device, of the views at ``positions`` when each view has ``slabs``
-        consecutive images; the last few index sets are kept, so a training step copies nothing to the device."""
+        consecutive images; the last 64 index sets are kept, so repeated calls copy nothing to the device."""
         key = (tuple(int(p) for p in positions), slabs)
         if key not in self._image_index:
             if len(self._image_index) >= 64:
