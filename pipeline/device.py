@@ -26,7 +26,7 @@ import torch
 from seg25d.pipeline.errors import InputError
 
 __all__ = ["DEVICES", "PRECISIONS", "resolve_device", "resolve_precision", "autocast", "grad_scaler", "to_device",
-           "peak_memory_reset", "peak_memory", "distributed_backend", "local_device_for_rank", "describe_device",
+           "peak_memory_reset", "peak_memory", "synchronize", "distributed_backend", "local_device_for_rank", "describe_device",
            "set_deterministic"]
 
 DEVICES = ("auto", "cpu", "cuda", "cuda:N")
@@ -150,6 +150,13 @@ def peak_memory(device: str | torch.device) -> float | None:
     if device.type != "cuda":
         return None
     return torch.cuda.max_memory_allocated(device) / 2**20
+
+
+def synchronize(device: str | torch.device) -> None:
+    """Wait for the work queued on a GPU (call before reading a clock: CUDA kernels run asynchronously)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def distributed_backend(device: str | torch.device) -> str:
