@@ -26,8 +26,8 @@ import torch
 from seg25d.pipeline.errors import InputError
 
 __all__ = ["DEVICES", "PRECISIONS", "resolve_device", "resolve_precision", "autocast", "grad_scaler", "to_device",
-           "peak_memory_reset", "peak_memory", "synchronize", "distributed_backend", "local_device_for_rank", "describe_device",
-           "set_deterministic"]
+           "peak_memory_reset", "peak_memory", "synchronize", "distributed_backend", "local_device_for_rank",
+           "describe_device", "set_deterministic"]
 
 DEVICES = ("auto", "cpu", "cuda", "cuda:N")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
