@@ -294,16 +294,17 @@ class Projection25D(nn.Module):
 
     def draw_views(self, generator: torch.Generator | None = None) -> torch.Tensor:
         """A random subset of ``train_directions`` views spread evenly over the axes (path 1)."""
-        per_axis = [self.train_directions // len(self.axes)] * len(self.axes)
-        extra = torch.randperm(len(self.axes), generator=generator)[: self.train_directions % len(self.axes)]
+        n_axes = len(self.axes)  # view indices live on the host: they slice the geometry
+        per_axis = [self.train_directions // n_axes] * n_axes
+        extra = torch.randperm(n_axes, generator=generator, device="cpu")[: self.train_directions % n_axes]
         for i in extra.tolist():
             per_axis[i] += 1
-        picks = [a * self.directions + torch.randperm(self.directions, generator=generator)[:n]
+        picks = [a * self.directions + torch.randperm(self.directions, generator=generator, device="cpu")[:n]
                  for a, n in enumerate(per_axis)]
         return torch.sort(torch.cat(picks)).values
 
     def all_views(self) -> torch.Tensor:
-        return torch.arange(self.n_views)
+        return torch.arange(self.n_views, device="cpu")
 
     def inference_views(self) -> torch.Tensor:
         """The views of inference and path 2: all of them."""

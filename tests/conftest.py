@@ -29,6 +29,16 @@ def realdata() -> Path:
     return REALDATA
 
 
+@pytest.fixture(params=["cpu", "cuda"])
+def device(request):
+    """Each device a test can run on: the CPU always, the GPU when CUDA is available (skipped otherwise)."""
+    import torch
+
+    if request.param == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    return torch.device(request.param)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _one_torch_thread():
     """Tiny tensors run faster on one thread, and the suite stays steady on a loaded 2-core machine."""
