@@ -16,6 +16,7 @@ COMMANDS = (
     "demo",
     "synth",
     "manifest",
+    "preprocess",
     "train",
     "predict",
     "evaluate",
