@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import re
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -64,13 +65,19 @@ def _digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def plan_key(preprocessing: Preprocessing, task: Task) -> str:
+def _plan(preprocessing: Preprocessing, task: Task, load_options: dict) -> dict:
+    return {"format": FORMAT, "preprocessing": preprocessing.to_dict(), "labels": task.spec.to_dict(),
+            "loading": load_options}
+
+
+def plan_key(preprocessing: Preprocessing, task: Task, load_options: dict | None = None) -> str:
     """The hash naming a plan's folder: everything the cached arrays depend on except the source files."""
-    return _digest({"format": FORMAT, "preprocessing": preprocessing.to_dict(), "labels": task.spec.to_dict()})
+    return _digest(_plan(preprocessing, task, load_options or {}))
 
 
-def cache_folder(root: str | os.PathLike, preprocessing: Preprocessing, task: Task) -> Path:
-    return Path(root) / plan_key(preprocessing, task)
+def cache_folder(root: str | os.PathLike, preprocessing: Preprocessing, task: Task,
+                 load_options: dict | None = None) -> Path:
+    return Path(root) / plan_key(preprocessing, task, load_options)
 
 
 def _fingerprint(row) -> list:
@@ -174,19 +181,18 @@ def _write_entry(folder: Path, stem: str, case, sources: list) -> dict:
 
 
 def cache_cases(rows: pd.DataFrame, task: Task, preprocessing: Preprocessing, root: str | os.PathLike,
-                progress: bool = True, stats: CacheStats | None = None) -> list[CachedCase]:
+                progress: bool = True, stats: CacheStats | None = None,
+                load_options: dict | None = None) -> list[CachedCase]:
     """The cases of ``rows`` from the cache under ``root``, preprocessed and written there first where needed.
 
-    Reading and preprocessing go through :func:`~seg25d.pipeline.data.load_cases`, one case at a time, so the
-    cached arrays are exactly what it returns and only one case is in memory at once.
+    Reading and preprocessing go through :func:`~seg25d.pipeline.data.load_cases` (with ``load_options``), one
+    case at a time, so the cached arrays are exactly what it returns and only one case is in memory at once.
     """
-    import time
-
-    folder = cache_folder(root, preprocessing, task)
+    load_options = load_options or {}
+    folder = cache_folder(root, preprocessing, task, load_options)
     folder.mkdir(parents=True, exist_ok=True)
-    plan = folder / "plan.json"
-    if not plan.exists():
-        write_json(plan, {"format": FORMAT, "preprocessing": preprocessing.to_dict(), "labels": task.spec.to_dict()})
+    if not (folder / "plan.json").exists():
+        write_json(folder / "plan.json", _plan(preprocessing, task, load_options))
     stats = stats if stats is not None else CacheStats()
     start = time.perf_counter()
     cases = []
@@ -198,7 +204,7 @@ def cache_cases(rows: pd.DataFrame, task: Task, preprocessing: Preprocessing, ro
         if data is None:
             if why:
                 log.warning("%s: cached case %s is stale (%s); rebuilding it", folder, row.case_id, why)
-            case = load_cases(rows.iloc[i:i + 1], task, preprocessing, progress=False)[0]
+            case = load_cases(rows.iloc[i:i + 1], task, preprocessing, progress=False, **load_options)[0]
             data = _write_entry(folder, stem, case, sources)
             stats.built += 1
         else:
@@ -214,8 +220,8 @@ class _ResampledImages(Sequence):
     """The training images resampled but not normalised, read one at a time (what :meth:`Preprocessing.fit`
     samples from)."""
 
-    def __init__(self, rows: pd.DataFrame, task: Task, spacing):
-        self.rows, self.task, self.raw = rows, task, Preprocessing(spacing, "none")
+    def __init__(self, rows: pd.DataFrame, task: Task, spacing, load_options: dict):
+        self.rows, self.task, self.raw, self.options = rows, task, Preprocessing(spacing, "none"), load_options
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -223,17 +229,18 @@ class _ResampledImages(Sequence):
     def __getitem__(self, i: int) -> np.ndarray:
         if not -len(self) <= i < len(self):
             raise IndexError(i)
-        return load_cases(self.rows.iloc[[i]], self.task, self.raw, progress=False)[0].image
+        return load_cases(self.rows.iloc[[i]], self.task, self.raw, progress=False, **self.options)[0].image
 
 
-def fit_preprocessing(preprocessing: Preprocessing, rows: pd.DataFrame, task: Task,
-                      root: str | os.PathLike) -> Preprocessing:
+def fit_preprocessing(preprocessing: Preprocessing, rows: pd.DataFrame, task: Task, root: str | os.PathLike,
+                      load_options: dict | None = None) -> Preprocessing:
     """Fit the dataset statistics (``zscore``/``percentile``) on the training ``rows``, reading one case at a
     time; the result is kept under ``root`` keyed by the settings and the rows' files, so later runs skip it."""
     if preprocessing.normalize not in ("zscore", "percentile"):
         return preprocessing
     settings = {k: v for k, v in preprocessing.to_dict().items() if k != "stats"}
-    key = _digest({"format": FORMAT, "settings": settings, "labels": task.spec.to_dict(),
+    load_options = load_options or {}
+    key = _digest({"format": FORMAT, "settings": settings, "labels": task.spec.to_dict(), "loading": load_options,
                    "sources": [_fingerprint(row) for row in rows.itertuples()]})
     path = Path(root) / f"stats-{key}.json"
     try:
@@ -241,7 +248,7 @@ def fit_preprocessing(preprocessing: Preprocessing, rows: pd.DataFrame, task: Ta
         return preprocessing
     except (OSError, ValueError, KeyError):
         pass
-    preprocessing.fit(_ResampledImages(rows, task, preprocessing.spacing))
+    preprocessing.fit(_ResampledImages(rows, task, preprocessing.spacing, load_options))
     write_json(path, {"settings": settings, "stats": preprocessing.stats})
     return preprocessing
 
@@ -257,9 +264,11 @@ def prepare_data(config: dict, root: str | os.PathLike, progress: bool = True,
     task = task_for(manifest)
     train_rows, val_rows = split_manifest(manifest, data, seed=int(config["train"]["seed"]))
     prep = Preprocessing(data["spacing"] or None, data["normalize"], list(data["percentiles"]))
+    # options of load_cases that change the arrays (labels resampled onto their image's grid)
+    options = {key: bool(data[key]) for key in ("resample_labels",) if key in data}
     root = Path(root)
-    fit_preprocessing(prep, train_rows, task, root)
+    fit_preprocessing(prep, train_rows, task, root, options)
     stats = stats if stats is not None else CacheStats()
-    train_cases = cache_cases(train_rows, task, prep, root, progress, stats)
-    val_cases = cache_cases(val_rows, task, prep, root, progress, stats)
+    train_cases = cache_cases(train_rows, task, prep, root, progress, stats, options)
+    val_cases = cache_cases(val_rows, task, prep, root, progress, stats, options)
     return task, prep, train_cases, val_cases

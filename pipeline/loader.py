@@ -6,6 +6,9 @@ the seed of the model's own randomness, then the sampler draws the batch from it
 whether it is made in a worker or in the trainer, with any number of workers, and a resumed run starts the
 loader at its step. Workers are forked, so they share the sampler's cases (memory-mapped from the cache, or
 in memory) without copying them.
+
+Workers make batches ahead in step order; :meth:`BatchLoader.batch` hands them to the trainer and reports how
+long it waited (``data_seconds``), the measure of whether loading keeps up with training.
 """
 
 from __future__ import annotations
@@ -62,41 +65,44 @@ class StepBatches(Dataset):
 
 
 class BatchLoader:
-    """Iterate the batches of steps ``start`` to ``stop - 1`` in order, made by ``workers`` processes
-    (0: in this process) ``prefetch`` batches ahead each; ``data_seconds`` is how long the last batch was waited
-    for (its making time with no workers).
+    """The batches of steps ``start`` to ``stop - 1``, made by ``workers`` processes ``prefetch`` batches ahead
+    each, or on demand in this process (``workers=0``); ``data_seconds`` is how long the last batch was waited for.
 
     Example:
-        >>> loader = BatchLoader(sampler, seed=0, rank=0, start=trainer_step, stop=max_steps, workers=2)
-        >>> for step, x, y in loader: ...  # doctest: +SKIP
+        >>> loader = BatchLoader(sampler, seed=0, rank=0, start=resumed_step, stop=max_steps, workers=2)
+        >>> x, y = loader.batch(step)  # doctest: +SKIP
     """
 
     def __init__(self, sampler: BatchSampler, seed: int, rank: int, start: int, stop: int, workers: int = 0,
                  pin_memory: bool | None = None, prefetch: int = 2):
         self.dataset = StepBatches(sampler, seed, rank, start, stop)
-        self.next_step = int(start)
+        self.workers = int(workers)
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.prefetch = int(prefetch)
         self.data_seconds = 0.0
-        extra = {"prefetch_factor": prefetch} if workers else {}
-        self._loader = DataLoader(
-            self.dataset, batch_size=None, shuffle=False, num_workers=workers,
-            pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
-            generator=torch.Generator().manual_seed(0),  # the loader's own seed draw leaves torch's global RNG alone
-            **extra)
         self._iterator = None
 
-    def __iter__(self) -> "BatchLoader":
-        return self
-
-    def __next__(self) -> StepBatch:
-        if self._iterator is None:
-            self._iterator = iter(self._loader)
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch of ``step``, not before the last one asked for (the batches of steps passed over, such as
+        projection25d's path-2 steps, are dropped)."""
         start = time.perf_counter()
-        item = next(self._iterator)
+        if not self.workers:
+            item = self.dataset[step - self.dataset.start]
+            x, y = (item.x.pin_memory(), item.y.pin_memory()) if self.pin_memory else (item.x, item.y)
+        else:
+            if self._iterator is None:
+                self._iterator = iter(DataLoader(
+                    self.dataset, batch_size=None, shuffle=False, num_workers=self.workers,
+                    pin_memory=self.pin_memory, prefetch_factor=self.prefetch,
+                    generator=torch.Generator().manual_seed(0)))  # leaves torch's global generator alone
+            item = next(self._iterator)
+            while item.step < step:
+                item = next(self._iterator)
+            if item.step != step:
+                raise ValueError(f"batch of step {step} asked for after that of step {item.step}")
+            x, y = item.x, item.y
         self.data_seconds = time.perf_counter() - start
-        if item.step != self.next_step:  # never expected: batches come back in order
-            raise RuntimeError(f"batch loader returned step {item.step}, expected {self.next_step}")
-        self.next_step += 1
-        return item
+        return x, y
 
     def close(self) -> None:
         """Stop the workers (also done when the loader is garbage collected)."""
