@@ -80,11 +80,14 @@ class BatchLoader:
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.prefetch = int(prefetch)
         self.data_seconds = 0.0
+        self._next = int(start)
         self._iterator = None
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The batch of ``step``, not before the last one asked for (the batches of steps passed over, such as
         projection25d's path-2 steps, are dropped)."""
+        if step < self._next:
+            raise ValueError(f"batch of step {step} asked for after step {self._next - 1}")
         start = time.perf_counter()
         if not self.workers:
             item = self.dataset[step - self.dataset.start]
@@ -98,10 +101,9 @@ class BatchLoader:
             item = next(self._iterator)
             while item.step < step:
                 item = next(self._iterator)
-            if item.step != step:
-                raise ValueError(f"batch of step {step} asked for after that of step {item.step}")
             x, y = item.x, item.y
         self.data_seconds = time.perf_counter() - start
+        self._next = step + 1
         return x, y
 
     def close(self) -> None:
