@@ -17,6 +17,7 @@ def test_tree_memory_counts_this_process():
     assert rss > 10 and 0 < pss <= rss
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/proc/self/smaps_rollup"), reason="needs Linux /proc")
 def test_bench_memory_writes_its_results(tmp_path):
     result = bench_memory(tmp_path, n=2, shape=(16, 16, 16), steps=2, models=["unet2d"], workers=1,
