@@ -40,7 +40,7 @@ from seg25d.pipeline.io import VolumeMeta
 from seg25d.pipeline.preprocess import Preprocessing
 
 __all__ = ["CachedCase", "cache_cases", "cache_folder", "plan_key", "fit_preprocessing", "prepare_data",
-           "default_cache_dir", "CacheStats"]
+           "default_cache_dir", "resolve_cache_dir", "CacheStats"]
 
 log = logging.getLogger(__name__)
 

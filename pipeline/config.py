@@ -37,7 +37,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "folds": 0,                 # cross-validation folds (GroupKFold by group); 0: use the manifest's splits
         "fold": 0,                  # which fold is validation when folds > 0
         "exclude": [],              # case ids (or groups) to leave out
-        "cache": "",                # preprocessed-case cache folder ("": $SEG25D_CACHE or ~/.cache/seg25d; "off": in memory)
+        "cache": "",                # preprocessed cases' folder ("": $SEG25D_CACHE or ~/.cache/seg25d; "off": in memory)
     },
     "augment": {
         "enabled": True,
@@ -73,7 +73,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "alternate_every": 5,       # with schedule = "alternate": every n-th step is a path-2 step
         "precision": "auto",        # auto | fp32 | bf16 of the training forward pass (auto: bf16 on CPUs built for it)
         "threads": 0,               # torch threads (0: torch's default)
-        "workers": "auto",          # batch-making processes (auto: min(4, cores per rank - 1); 0: in the training process)
+        "workers": "auto",          # batch-making processes (auto: min(4, cores per rank - 1); 0: in the trainer)
         "val_max_cases": 0,         # validate on at most this many cases (0: all)
         "progress": True,           # progress bar
     },

@@ -8,7 +8,8 @@ from seg25d.pipeline.turns import TURN_SECONDS
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("bench", help="benchmarks: operators, models, compare, ablation, oracle, scaling, memory")
+    parser = subparsers.add_parser("bench", help="benchmarks: operators, models, compare, ablation, oracle, scaling, "
+                                                 "memory")
     sub = parser.add_subparsers(dest="bench", metavar="BENCH")
     sub.required = True
 
