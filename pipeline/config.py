@@ -37,7 +37,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "folds": 0,                 # cross-validation folds (GroupKFold by group); 0: use the manifest's splits
         "fold": 0,                  # which fold is validation when folds > 0
         "exclude": [],              # case ids (or groups) to leave out
-        "cache": "",                # preprocessed cases' folder ("": $SEG25D_CACHE or ~/.cache/seg25d; "off": in memory)
+        "cache": "",                # preprocessed cases ("": $SEG25D_CACHE, ~/.cache/seg25d; "off": in memory)
     },
     "augment": {
         "enabled": True,
