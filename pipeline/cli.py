@@ -15,6 +15,7 @@ COMMANDS = (
     "demo",
     "synth",
     "manifest",
+    "preprocess",
     "train",
     "predict",
     "evaluate",

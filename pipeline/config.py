@@ -41,6 +41,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "exclude": [],              # case ids (or groups) to leave out
         "resample_labels": False,   # resample a label whose grid differs from its image's onto the image (nearest);
                                     # false: such a label is an error, as in `seg25d manifest check`
+        "cache": "",                # preprocessed cases ("": $SEG25D_CACHE, ~/.cache/seg25d; "off": in memory)
     },
     "augment": {
         "enabled": True,
@@ -76,6 +77,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "alternate_every": 5,       # with schedule = "alternate": every n-th step is a path-2 step
         "precision": "auto",        # auto | fp32 | bf16 of the training forward pass (auto: bf16 on CPUs built for it)
         "threads": 0,               # torch threads (0: torch's default)
+        "workers": "auto",          # batch-making processes (auto: min(4, cores per rank - 1); 0: in the trainer)
         "val_max_cases": 0,         # validate on at most this many cases (0: all)
         "progress": True,           # progress bar
     },
@@ -175,6 +177,8 @@ def load_config(name_or_file: str | os.PathLike | None = None, overrides: list[s
 
 # item types of the lists whose default is empty
 _ITEMS = {"data.spacing": float, "data.patch_size": int, "data.exclude": str}
+# keys that take a word ("auto") or a value of another type
+_ALSO = {"train.workers": (int,)}
 _TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a table"}
 _ITEM_NAMES = {int: "integers", float: "numbers", str: "strings"}
 
@@ -199,8 +203,9 @@ def _check_types(config: dict, defaults: dict, prefix: str = "") -> None:
             kind = float if kind is int and any(isinstance(v, float) for v in default) else kind
             if not isinstance(value, list) or not all(_fits(v, kind) for v in value):
                 raise InputError(name, f"expected a list of {_ITEM_NAMES[kind]}, got {value!r}")
-        elif not _fits(value, type(default)):
-            raise InputError(name, f"expected {_TYPE_NAMES[type(default)]}, got {value!r}")
+        elif not any(_fits(value, kind) for kind in (type(default), *_ALSO.get(name, ()))):
+            expected = " or ".join(_TYPE_NAMES[kind] for kind in (type(default), *_ALSO.get(name, ())))
+            raise InputError(name, f"expected {expected}, got {value!r}")
 
 
 _POSITIVE = ("max_steps", "batch_size", "slices_per_step", "checkpoint_every", "val_every")

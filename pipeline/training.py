@@ -40,10 +40,12 @@ from tqdm import tqdm
 from seg25d.models import build, feeding_of
 from seg25d.models.projection25d import resolve_scale
 from seg25d.pipeline.atomic import write_csv, write_json
+from seg25d.pipeline.cache import prepare_data, resolve_cache_dir
 from seg25d.pipeline.callbacks import TrainerCallback
 from seg25d.pipeline.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from seg25d.pipeline.data import BatchSampler, load_cases, split_manifest, step_generator, task_for
 from seg25d.pipeline.errors import InputError
+from seg25d.pipeline.loader import BatchLoader, resolve_workers
 from seg25d.pipeline.losses import segmentation_loss
 from seg25d.pipeline.metrics import dice_per_class
 from seg25d.pipeline.preprocess import Preprocessing
@@ -130,6 +132,9 @@ def _load_data(config: dict, main: bool):
     if not manifest:
         raise InputError("data.manifest", "no manifest given; e.g. --set data.manifest=DIR/manifest.csv "
                                           "(seg25d synth vessels --out DIR makes one)")
+    cache = resolve_cache_dir(config["data"]["cache"])
+    if cache is not None:  # preprocessed once to disk, read memory-mapped (seg25d.pipeline.cache)
+        return prepare_data(config, cache, progress=main and config["train"]["progress"])
     task = task_for(manifest)
     train_rows, val_rows = split_manifest(manifest, config["data"], seed=int(config["train"]["seed"]))
     data = config["data"]
@@ -218,7 +223,7 @@ class _Trainer:
         changed = [f"{section}.{key}" for section in ("data", "model", "loss")
                    for key in set(self.config[section]) | set(state["config"][section])
                    if self.config[section].get(key) != state["config"][section].get(key)
-                   and (section, key) != ("data", "manifest")]  # a moved dataset or run folder may resume
+                   and (section, key) not in (("data", "manifest"), ("data", "cache"))]  # moved data may resume
         if changed:
             raise InputError(path, f"was trained with other settings ({', '.join(sorted(changed))}); resume with "
                                    "the same data, model and loss (train.* and augment.* may change)")
@@ -304,7 +309,8 @@ class _Trainer:
             self.dist.average_gradients(self.model.parameters())
         self.optimizer.step()
         row.update(loss=loss.item(), loss_main=main.item(), loss_aux=aux.item() if aux is not None else np.nan,
-                   lr=self.optimizer.param_groups[0]["lr"])
+                   lr=self.optimizer.param_groups[0]["lr"], data_seconds=round(self.batches.data_seconds, 4)
+                   if path != 2 else 0.0)
         self.scheduler.step()
         return row
 
@@ -324,7 +330,7 @@ class _Trainer:
             if self.two_paths and self.model.unet_frozen:
                 self.model.freeze_unet(False)
                 self.feature_cache.clear()  # the U-Net trains again: cached path-2 features go stale
-            x, y = self.sampler.batch(generator)
+            x, y = self.batches.batch(self.step)  # self.sampler.batch(generator), made ahead by the loader
             net = self.ddp or self.model
             aux = None
             if self.two_paths and self.model.aux_loss:
@@ -375,6 +381,8 @@ class _Trainer:
         bar = tqdm(total=max_steps, initial=self.step, desc=f"train {self.model.config['name']}", unit="step",
                    disable=not (self.dist.main and tc["progress"]), dynamic_ncols=True)
         checkpoint_every, val_every = int(tc["checkpoint_every"]), int(tc["val_every"])
+        self.batches = BatchLoader(self.sampler, self.seed, self.dist.rank, self.step, max_steps,
+                                   resolve_workers(tc["workers"], self.dist.world))
         while self.step < max_steps:
             if self.dist.any(bool(limit) and self.elapsed >= limit):  # a resumed run whose time is up
                 stopped_by_time = True
@@ -413,6 +421,7 @@ class _Trainer:
                 stopped_by_time = self.step < max_steps
                 break
         bar.close()
+        self.batches.close()
         best = self.out_dir / "best.pt"
         return TrainResult(self.out_dir, self.step, self.best if self.val_cases else None, self.out_dir / "last.pt",
                            best if best.exists() else None, stopped_by_time)

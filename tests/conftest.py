@@ -48,3 +48,15 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Training runs preprocess into a cache: the suite's goes to a temporary folder, not the user's."""
+    previous = os.environ.get("SEG25D_CACHE")
+    os.environ["SEG25D_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if previous is None:
+        os.environ.pop("SEG25D_CACHE", None)
+    else:
+        os.environ["SEG25D_CACHE"] = previous

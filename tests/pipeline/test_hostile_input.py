@@ -269,7 +269,7 @@ def test_training_with_resample_labels_resamples_the_label_onto_the_image(tmp_pa
     monkeypatch.setattr("seg25d.pipeline.training.load_cases", spy)
     before = snapshot(tmp_path)
     code, _, _ = run(capsys, caplog, "train", "--out", tmp_path / "run",
-                     *sets(f"data.manifest={manifest}", "data.resample_labels=true", *TINY))
+                     *sets(f"data.manifest={manifest}", "data.resample_labels=true", "data.cache=off", *TINY))
     assert code == 0
     # SimpleITK's nearest-neighbour resampling of the label onto the image grid is the reference
     image_itk = sitk.ReadImage(str(tmp_path / "data" / "images" / "img1.nii.gz"))
