@@ -16,6 +16,7 @@ COMMANDS = (
     "demo",
     "synth",
     "manifest",
+    "dataset",
     "train",
     "predict",
     "evaluate",

@@ -17,6 +17,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from seg25d.pipeline.errors import InputError
+from seg25d.pipeline.images import image_paths, read_image
 from seg25d.pipeline.io import VolumeMeta, read_volume
 from seg25d.pipeline.manifest import LabelSpec, label_spec_or_infer, read_manifest
 from seg25d.pipeline.preprocess import Preprocessing
@@ -122,7 +123,7 @@ def load_cases(rows: pd.DataFrame, task: Task, preprocessing: Preprocessing, pro
     """Read, resample and normalise every case of ``rows`` (labels decoded to per-class masks)."""
     cases = []
     for row in tqdm(list(rows.itertuples()), desc="loading", unit="case", disable=not progress, leave=False):
-        image = read_volume(row.image)
+        image = read_image(image_paths(row))  # (C, D, H, W): one channel per modality
         masks = None
         if row.label:
             label = read_volume(row.label)
