@@ -19,7 +19,7 @@ from seg25d.pipeline.errors import InputError
 from seg25d.pipeline.io import Volume, read_volume, same_geometry
 from seg25d.pipeline.io.base import REVERSE, VolumeMeta
 
-__all__ = ["read_image", "image_paths", "image_columns", "group_channels", "stem", "CHANNEL_SUFFIX"]
+__all__ = ["read_image", "declared_channels", "image_paths", "image_columns", "group_channels", "stem", "CHANNEL_SUFFIX"]
 
 CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
@@ -45,6 +45,18 @@ def image_paths(row) -> list[str]:
         paths.append(get(f"image_{k}"))
         k += 1
     return paths or [get("image")]
+
+
+def declared_channels(manifest: str | os.PathLike) -> list[str]:
+    """The modality of each channel from the manifest's sidecar (``"channels"``); ``["image"]`` when undeclared."""
+    import json
+
+    sidecar = Path(manifest).with_suffix(".json")
+    try:
+        channels = json.loads(sidecar.read_text()).get("channels") if sidecar.is_file() else None
+    except (OSError, ValueError) as err:
+        raise InputError(sidecar, f"cannot parse JSON ({err})") from None
+    return [str(c) for c in channels] if channels else ["image"]
 
 
 def read_image(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> Volume:

@@ -237,10 +237,11 @@ def check_manifest(path: str | os.PathLike, spec: LabelSpec | None = None) -> tu
     each naming the file and what is wrong: unreadable or corrupt files, non-3D data, NaN/Inf voxels, labels
     whose size or geometry differs from the image, label values outside the declared classes.
     """
-    from seg25d.pipeline.images import image_paths, read_image
+    from seg25d.pipeline.images import declared_channels, image_paths, read_image
     from seg25d.pipeline.io import read_volume, same_geometry
 
     frame = read_manifest(path)
+    channels = declared_channels(path)
     spec = spec or read_label_spec(path)
     rows, problems = [], []
     labels = {}
@@ -249,6 +250,9 @@ def check_manifest(path: str | os.PathLike, spec: LabelSpec | None = None) -> tu
         case_problems = []
         try:
             image = read_image(image_paths(case))
+            if image.array.shape[0] != len(channels):
+                raise InputError(case.image, f"{image.array.shape[0]} channels (a 4D image or image_k columns); the "
+                                             f"sidecar declares {len(channels)} ({', '.join(channels)})")
             row["shape"] = "x".join(map(str, image.meta.shape))
             row["spacing_mm"] = "x".join(f"{s:.3g}" for s in image.meta.spacing)
         except InputError as err:

@@ -49,6 +49,7 @@ def test_nnunet_regions_become_bitmasks(tmp_path, build):
         image = read_image(image_paths(row))
         assert image.array.shape == (2, 16, 16, 16)
         np.testing.assert_array_equal(image.array[1], read_volume(source / "imagesTr" / f"{row.case_id}_0001.nii.gz").array)
+    assert main(["manifest", "check", str(out)]) == 0  # two channels as the sidecar declares
 
 
 def test_folds_are_seeded_group_folds(tmp_path, build):
@@ -80,6 +81,7 @@ def test_msd_4d_images(tmp_path, build):
     np.testing.assert_allclose(image.array[0], ct.transpose(2, 1, 0))
     np.testing.assert_allclose(image.array[1], mr.transpose(2, 1, 0))
     assert image.meta.shape == (16, 16, 16) and image.meta.spacing == (2.0, 1.0, 1.0)
+    assert main(["manifest", "check", str(out)]) == 0
 
 
 def test_folder_pairs_by_stem_and_groups_patients(tmp_path, build):
