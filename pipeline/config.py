@@ -28,10 +28,10 @@ PRESET_DIR = Path(__file__).with_name("presets")
 DEFAULTS: dict[str, dict[str, Any]] = {
     "data": {
         "manifest": "",             # manifest CSV (case_id,image,label,split[,group]); its .json sidecar names classes
-        "spacing": [],              # target voxel size (mm, D H W) to resample to; [] keeps each volume's own
-        "normalize": "case_zscore",  # case_zscore | zscore | percentile | none
+        "spacing": "auto",          # target voxel size (mm, D H W); "auto": the plan's; [] keeps each volume's own
+        "normalize": "auto",        # "auto" (the plan's, per modality) | case_zscore | zscore | percentile | ct | none
         "percentiles": [0.5, 99.5],  # clipping bounds for normalize = "percentile"
-        "patch_size": [],           # 3D patch (D H W) for the 3D CNNs (unet3d, monai_unet); [] = whole volumes
+        "patch_size": [],           # 3D patch (D H W) for the 3D CNNs (unet3d, monai_unet); [] = whole volumes; "auto": the plan's
         "foreground_fraction": 0.33,  # share of patches / slices drawn to contain foreground
         "val_fraction": 0.0,        # when the manifest has no val split: share of train cases held out (by group)
         "folds": 0,                 # cross-validation folds (GroupKFold by group); 0: use the manifest's splits

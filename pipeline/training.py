@@ -38,12 +38,12 @@ from seg25d.models import build
 from seg25d.models.projection25d import Projection25D, resolve_scale
 from seg25d.pipeline.atomic import write_csv, write_json
 from seg25d.pipeline.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from seg25d.pipeline.data import BatchSampler, load_cases, model_family, split_manifest, step_generator, task_for
+from seg25d.pipeline.data import BatchSampler, model_family, split_manifest, step_generator, task_for
 from seg25d.pipeline.errors import InputError
 from seg25d.pipeline.losses import segmentation_loss
 from seg25d.pipeline.memory import PeakMemory
 from seg25d.pipeline.metrics import dice_per_class
-from seg25d.pipeline.preprocess import Preprocessing
+from seg25d.pipeline.planning import planned_config, prepare_training_data
 from seg25d.pipeline.provenance import command_line
 from seg25d.pipeline.turns import TurnTaker
 from seg25d.pipeline.volume_inference import predict_probabilities, probabilities_to_masks
@@ -130,15 +130,11 @@ def _load_data(config: dict, main: bool):
                                           "(seg25d synth vessels --out DIR makes one)")
     task = task_for(manifest)
     train_rows, val_rows = split_manifest(manifest, config["data"], seed=int(config["train"]["seed"]))
-    data = config["data"]
-    prep = Preprocessing(data["spacing"] or None, data["normalize"], list(data["percentiles"]))
-    raw = Preprocessing(prep.spacing, "none")
-    train_cases = load_cases(train_rows, task, raw, progress=main and config["train"]["progress"])
-    val_cases = load_cases(val_rows, task, raw, progress=main and config["train"]["progress"])
-    prep.fit([c.image for c in train_cases])
-    for case in train_cases + val_cases:
-        case.image = prep.normalise(case.image)
-    return task, prep, train_cases, val_cases
+    prep, plan, train_cases, val_cases = prepare_training_data(config, task, train_rows, val_rows,
+                                                               progress=main and config["train"]["progress"])
+    if main:
+        log.info("%s", plan.summary())
+    return task, prep, plan, train_cases, val_cases
 
 
 class _Trainer:
@@ -155,7 +151,7 @@ class _Trainer:
         if tc["schedule"] not in SCHEDULES:
             raise InputError("train.schedule", f"must be one of {SCHEDULES}, got {tc['schedule']!r}")
         self.precision = resolve_precision(tc["precision"])
-        self.task, self.prep, self.train_cases, self.val_cases = _load_data(config, self.dist.main)
+        self.task, self.prep, self.plan, self.train_cases, self.val_cases = _load_data(config, self.dist.main)
         if tc["val_max_cases"]:
             self.val_cases = self.val_cases[: int(tc["val_max_cases"])]
         mc = config["model"]
@@ -181,7 +177,7 @@ class _Trainer:
             raise InputError("loss.kind", f"{lc['kind']} does not fit {outputs} outputs of classes "
                                           f"{', '.join(self.task.classes)}; use {need}")
         stack = tuple(getattr(self.model, k, d) for k, d in (("slices", 1), ("stride", 1), ("edge", "clamp")))
-        self.sampler = BatchSampler(self.train_cases, self.family, config, stack=stack)
+        self.sampler = BatchSampler(self.train_cases, self.family, planned_config(config, self.plan), stack=stack)
         self.projection = isinstance(self.model, Projection25D)
         self.step, self.best, self.elapsed, self.path2_started = 0, -math.inf, 0.0, False
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=float(tc["lr"]),
@@ -205,7 +201,7 @@ class _Trainer:
             "step": self.step, "best_score": self.best, "elapsed_seconds": self.elapsed,
             "path2_started": self.path2_started, "config": self.config, "task": self.task.spec.to_dict(),
             "classes": list(self.task.classes), "sigmoid": self.task.sigmoid,
-            "preprocessing": self.prep.to_dict(), "rng": rng_state(),
+            "preprocessing": self.prep.to_dict(), "plan": self.plan.to_dict(), "rng": rng_state(),
         }
 
     def _resume(self):
@@ -366,6 +362,7 @@ class _Trainer:
         if self.dist.main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             write_json(self.out_dir / "config.json", self.config)
+            write_json(self.out_dir / "plan.json", self.plan.to_dict())
             write_json(self.out_dir / "run.json", {"command": command_line(), "resumed_at_step": self.step,
                                                    "precision": self.precision,
                                                    "world_size": self.dist.world})

@@ -1,0 +1,283 @@
+"""Planning: a dataset fingerprint and the preprocessing and input sizes derived from it, as nnU-Net plans.
+
+``seg25d train`` plans at its start (``plan.json`` in the run folder, ``"plan"`` in the checkpoints);
+``seg25d plan M.csv`` prints the same plan without training. From the training cases' native grids:
+
+- **fingerprint**: each case's spacing and shape, and per channel (modality) the intensity statistics of the
+  foreground voxels (any class; 10,000 sampled per case): mean, sd, 0.5/50/99.5 percentiles.
+- **target spacing**: the median spacing per axis. For strongly anisotropic data (the median's largest spacing
+  more than 3x its smallest) the slow axis takes the 10th percentile of its spacings instead (not below the
+  other axes' spacing), as nnU-Net does, so thick-slice outliers do not coarsen every case.
+- **normalisation per channel**: ``CT`` channels (the sidecar's ``channels``) -> ``ct``: clip to the foreground's
+  ``data.percentiles`` (0.5, 99.5), then z-score with the foreground mean and sd of the whole dataset; every
+  other modality -> ``case_zscore`` (each case to mean 0, sd 1).
+- **input size and batch per model**: the median shape on the target grid, shrunk (largest axis first) until a
+  sample fits the memory budget, rounded to a multiple of 16; the batch is what the budget then holds
+  (1 to 4 volumes or 3D patches, 1 to 32 slices). The memory estimate is deliberately simple:
+  ``4 bytes x base_channels x F`` per input voxel, ``F`` = 24 for the CNNs (full-resolution feature maps kept
+  for the backward pass, their gradients and the pyramid's coarser levels) and 8 for ``projection25d``
+  (its 2D views hold fewer values than the volume); the budget is a quarter of the device's memory (the
+  CPU's RAM: training runs on the CPU).
+
+Config overrides: ``data.spacing`` (``"auto"``: the plan's; ``[]``: each volume's own; 3 numbers),
+``data.normalize`` (``"auto"``: the plan's; one name for every channel, or a list with one per channel),
+``data.patch_size = "auto"`` (the plan's patch and ``train.batch_size`` for the 3D CNNs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Sequence
+
+import numpy as np
+
+from seg25d.pipeline.errors import InputError
+from seg25d.pipeline.io.base import VolumeMeta
+from seg25d.pipeline.preprocess import NORMALIZATIONS, Preprocessing
+from seg25d.pipeline.resample import target_shape
+
+__all__ = ["Plan", "fingerprint", "target_spacing", "make_plan", "prepare_training_data", "plan_from_manifest",
+           "working_meta", "memory_budget_mb", "planned_config"]
+
+log = logging.getLogger(__name__)
+SAMPLES_PER_CASE = 10_000
+ANISOTROPY = 3.0
+MEMORY_FACTOR = {"volume": 8, "patches": 24, "slices": 24, "stacks": 24}
+BATCH_LIMITS = {"volume": 4, "patches": 4, "slices": 32, "stacks": 32}
+
+
+@dataclasses.dataclass
+class Plan:
+    """The fingerprint and what was decided from it (see the module docstring); a plain dict in checkpoints."""
+
+    channels: list[str]
+    fingerprint: dict
+    spacing: list[float] | None  # applied target spacing (D, H, W) mm; None: each volume's own
+    normalize: list[str]  # applied normalisation per channel
+    stats: dict  # per-channel foreground statistics for "ct" channels: mean, std, low, high
+    model: dict  # name, family, input (patch / slice / volume shape), batch, memory_budget_mb, estimate_mb
+    planned: dict = dataclasses.field(default_factory=dict)  # the plan's own choices before config overrides
+
+    def preprocessing(self, percentiles: Sequence[float] = (0.5, 99.5)) -> Preprocessing:
+        return Preprocessing(self.spacing, list(self.normalize), list(percentiles), dict(self.stats))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Plan":
+        return cls(**data)
+
+    def summary(self) -> str:
+        fp = self.fingerprint
+        spacing = "own grid of each volume" if self.spacing is None else " x ".join(f"{s:.3g}" for s in self.spacing) + " mm"
+        norms = ", ".join(f"{c}: {n}" for c, n in zip(self.channels, self.normalize))
+        m = self.model
+        shape = " x ".join(map(str, m["input"]))
+        return "\n".join([
+            f"plan: {fp['cases']} training cases, median shape {' x '.join(map(str, fp['median_shape']))} at "
+            f"{' x '.join(f'{s:.3g}' for s in fp['median_spacing'])} mm (D x H x W)",
+            f"  target spacing: {spacing}" + (" (anisotropic: slow axis at its 10th percentile)"
+                                               if fp.get("anisotropic") else ""),
+            f"  normalisation: {norms}",
+            f"  {m['name']} ({m['family']}): input {shape}, batch {m['batch']} "
+            f"(estimate {m['estimate_mb']:.0f} MB of a {m['memory_budget_mb']:.0f} MB budget)",
+        ])
+
+
+def working_meta(meta: VolumeMeta, shape: Sequence[int]) -> VolumeMeta:
+    """The geometry of ``meta``'s volume resampled to ``shape`` (edge-aligned grids, as resampling does): its
+    ``spacing`` is the working spacing in mm."""
+    factor = np.asarray(meta.shape, dtype=float) / np.asarray(shape, dtype=float)
+    affine = np.array(meta.affine, dtype=float)
+    affine[:3, 3] += affine[:3, :3] @ ((factor - 1) / 2)
+    affine[:3, :3] *= factor[None, :]
+    return meta.replace(shape=tuple(int(s) for s in shape), affine=affine)
+
+
+def fingerprint(images: Sequence[np.ndarray], masks: Sequence[np.ndarray | None], spacings: Sequence[Sequence[float]],
+                seed: int = 0) -> dict:
+    """Spacings, shapes and per-channel foreground intensity statistics of raw ``(C, D, H, W)`` images."""
+    rng = np.random.default_rng(seed)
+    channels = images[0].shape[0]
+    samples = [[] for _ in range(channels)]
+    for image, mask in zip(images, masks):
+        fg = mask.any(0) if mask is not None and mask.any() else np.ones(image.shape[1:], bool)
+        index = np.flatnonzero(fg)
+        pick = rng.choice(index, size=min(len(index), SAMPLES_PER_CASE), replace=False)
+        for c in range(channels):
+            samples[c].append(image[c].ravel()[pick])
+    intensity = []
+    for c in range(channels):
+        values = np.concatenate(samples[c]).astype(np.float64)
+        p = np.percentile(values, [0.5, 50, 99.5])
+        intensity.append({"mean": float(values.mean()), "std": float(values.std()), "p00_5": float(p[0]),
+                          "median": float(p[1]), "p99_5": float(p[2]), "min": float(values.min()),
+                          "max": float(values.max())})
+    spacings = np.asarray(spacings, dtype=float)
+    shapes = np.asarray([im.shape[1:] for im in images])
+    return {"cases": len(images), "spacings": spacings.tolist(), "shapes": shapes.tolist(),
+            "median_spacing": np.median(spacings, 0).tolist(), "median_shape": [int(v) for v in np.median(shapes, 0)],
+            "foreground_intensity": intensity}
+
+
+def target_spacing(spacings: Sequence[Sequence[float]]) -> tuple[list[float], bool]:
+    """Median spacing per axis; for anisotropic data the slow axis at its 10th percentile (see module doc)."""
+    spacings = np.asarray(spacings, dtype=float)
+    target = np.median(spacings, 0)
+    slow = int(np.argmax(target))
+    others = [a for a in range(3) if a != slow]
+    anisotropic = bool(target[slow] > ANISOTROPY * target[others].min())
+    if anisotropic:
+        target[slow] = max(float(np.percentile(spacings[:, slow], 10)), float(target[others].max()))
+    return [float(s) for s in target], anisotropic
+
+
+def memory_budget_mb() -> float:
+    """A quarter of the device's memory in MB (the machine's RAM: training runs on the CPU)."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not POSIX: assume 8 GB
+        total = 8 * 2**30
+    return total / 4 / 2**20
+
+
+def _base_channels(options: dict) -> int:
+    for source in (options, options.get("unet") or {}, options.get("backbone_options") or {}):
+        if "base_channels" in source:
+            return int(source["base_channels"])
+    if options.get("channels"):  # MONAI's UNet
+        return int(options["channels"][0])
+    return 32
+
+
+def _plan_input(family: str, shape: Sequence[int], options: dict, budget_mb: float) -> tuple[list[int], int, float]:
+    """(input shape, batch, estimate MB per batch) for a model family on a working grid of median ``shape``."""
+    per_voxel = 4 * _base_channels(options) * MEMORY_FACTOR[family]  # bytes
+    shape = [int(s) for s in shape]
+    if family in ("slices", "stacks"):
+        shape = shape[1:]
+    elif family == "patches":
+        while np.prod(shape) * per_voxel / 2**20 > budget_mb and max(shape) > 16:
+            axis = int(np.argmax(shape))
+            shape[axis] = max(16, int(shape[axis] * 0.9))
+        shape = [max(16, (s // 16) * 16) if s >= 16 else s for s in shape]
+    sample_mb = float(np.prod(shape)) * per_voxel / 2**20
+    batch = int(max(1, min(BATCH_LIMITS[family], budget_mb // max(sample_mb, 1e-9))))
+    return shape, batch, sample_mb * batch
+
+
+def make_plan(images, masks, spacings, channels: Sequence[str], config: dict) -> Plan:
+    """The plan for raw training images with their masks and spacings, with ``config``'s overrides applied."""
+    from seg25d.pipeline.data import model_family
+
+    channels = list(channels)
+    if len(channels) != images[0].shape[0]:
+        channels = [f"image_{c}" for c in range(images[0].shape[0])] if images[0].shape[0] > 1 else ["image"]
+    fp = fingerprint(images, masks, spacings, seed=int(config["train"]["seed"]))
+    planned_spacing, fp["anisotropic"] = target_spacing(fp["spacings"])
+    planned_norm = ["ct" if c.strip().lower() == "ct" else "case_zscore" for c in channels]
+    data = config["data"]
+    spacing = data["spacing"]
+    if spacing == "auto":
+        spacing = planned_spacing
+    elif spacing and (isinstance(spacing, str) or len(spacing) != 3):
+        raise InputError("data.spacing", f"must be \"auto\", [] or 3 numbers (mm, D H W), got {spacing!r}")
+    spacing = [float(s) for s in spacing] if spacing else None
+    normalize = data["normalize"]
+    if normalize == "auto":
+        normalize = planned_norm
+    elif isinstance(normalize, str):
+        normalize = [normalize] * len(channels)
+    normalize = [str(n) for n in normalize]
+    if len(normalize) != len(channels) or any(n not in NORMALIZATIONS for n in normalize):
+        raise InputError("data.normalize", f"must be \"auto\", one of {NORMALIZATIONS} or a list of them, one per "
+                                           f"channel ({len(channels)}), got {data['normalize']!r}")
+    low_q, high_q = (float(q) for q in data["percentiles"])
+    stats = _foreground_stats(images, masks, low_q, high_q) if "ct" in normalize else {}
+    median = fp["median_shape"] if spacing is None else list(
+        target_shape(fp["median_shape"], fp["median_spacing"], spacing))
+    name, options = config["model"]["name"], dict(config["model"]["options"])
+    family = model_family(name)
+    budget = memory_budget_mb()
+    shape, batch, estimate = _plan_input(family, median, options, budget)
+    model = {"name": name, "family": family, "input": shape, "batch": batch, "memory_budget_mb": round(budget),
+             "estimate_mb": round(estimate, 1)}
+    return Plan(channels, fp, spacing, normalize, stats, model,
+                planned={"spacing": planned_spacing, "normalize": planned_norm})
+
+
+def _foreground_stats(images, masks, low_q: float, high_q: float) -> dict:
+    """Per channel: the foreground's percentiles and the mean and sd of the clipped foreground (all cases)."""
+    out = {"mean": [], "std": [], "low": [], "high": []}
+    rng = np.random.default_rng(0)
+    for c in range(images[0].shape[0]):
+        values = []
+        for image, mask in zip(images, masks):
+            fg = image[c][mask.any(0)] if mask is not None and mask.any() else image[c].ravel()
+            values.append(rng.choice(fg, size=min(fg.size, SAMPLES_PER_CASE), replace=False))
+        values = np.concatenate(values).astype(np.float64)
+        low, high = (float(np.percentile(values, q)) for q in (low_q, high_q))
+        clipped = np.clip(values, low, high)
+        out["mean"].append(float(clipped.mean()))
+        out["std"].append(float(clipped.std()) or 1.0)
+        out["low"].append(low)
+        out["high"].append(high)
+    return out
+
+
+def planned_config(config: dict, plan: Plan) -> dict:
+    """``config`` with ``data.patch_size = "auto"`` resolved: the plan's patch and batch for the 3D CNNs, whole
+    volumes (``[]``) for other models."""
+    if config["data"].get("patch_size") != "auto":
+        return config
+    config = {section: dict(values) if isinstance(values, dict) else values for section, values in config.items()}
+    patches = plan.model["family"] == "patches"
+    config["data"]["patch_size"] = list(plan.model["input"]) if patches else []
+    if patches:
+        config["train"]["batch_size"] = int(plan.model["batch"])
+    return config
+
+
+def prepare_training_data(config: dict, task, train_rows, val_rows, progress: bool = True):
+    """Load the cases, plan from the training cases, then resample and normalise every case as planned.
+
+    Returns ``(preprocessing, plan, train_cases, val_cases)``; each case's ``meta`` is its working grid's
+    geometry (``case.meta.spacing``: the spacing the network sees, in mm).
+    """
+    from seg25d.pipeline.data import load_cases
+    from seg25d.pipeline.images import declared_channels
+
+    raw = Preprocessing(None, "none")
+    train_cases = load_cases(train_rows, task, raw, progress=progress)
+    val_cases = load_cases(val_rows, task, raw, progress=progress)
+    if len({c.image.shape[0] for c in train_cases + val_cases}) > 1:
+        raise InputError(config["data"]["manifest"], "cases have different numbers of image channels")
+    plan = make_plan([c.image for c in train_cases], [c.masks for c in train_cases],
+                     [c.meta.spacing for c in train_cases], declared_channels(config["data"]["manifest"]), config)
+    prep = plan.preprocessing(config["data"]["percentiles"])
+    for case in train_cases + val_cases:
+        spacing = case.meta.spacing
+        case.image = prep.resample(case.image, spacing)
+        if case.masks is not None:
+            case.masks = prep.masks(case.masks, spacing)
+        case.meta = working_meta(case.meta, case.image.shape[1:])
+    prep.fit([c.image for c in train_cases])
+    for case in train_cases + val_cases:
+        case.image = prep.normalise(case.image)
+    return prep, plan, train_cases, val_cases
+
+
+def plan_from_manifest(config: dict) -> Plan:
+    """The plan ``seg25d train`` would make for ``config`` (its manifest's training cases)."""
+    from seg25d.pipeline.data import load_cases, split_manifest, task_for
+    from seg25d.pipeline.images import declared_channels
+
+    manifest = config["data"]["manifest"]
+    task = task_for(manifest)
+    train_rows, _ = split_manifest(manifest, config["data"], seed=int(config["train"]["seed"]))
+    cases = load_cases(train_rows, task, Preprocessing(None, "none"), progress=False)
+    return make_plan([c.image for c in cases], [c.masks for c in cases], [c.meta.spacing for c in cases],
+                     declared_channels(manifest), config)
