@@ -44,6 +44,7 @@ from seg25d.pipeline.losses import segmentation_loss
 from seg25d.pipeline.memory import PeakMemory
 from seg25d.pipeline.metrics import dice_per_class
 from seg25d.pipeline.planning import planned_config, prepare_training_data
+from seg25d.pipeline.postprocess import record_postprocessing
 from seg25d.pipeline.provenance import command_line
 from seg25d.pipeline.turns import TurnTaker
 from seg25d.pipeline.volume_inference import predict_probabilities, probabilities_to_masks
@@ -406,6 +407,8 @@ class _Trainer:
                 stopped_by_time = self.step < max_steps
                 break
         bar.close()
+        if self.dist.main and self.val_cases:  # --largest-component auto: where it raises validation Dice
+            record_postprocessing(self.out_dir, self.val_cases, self.task)
         best = self.out_dir / "best.pt"
         return TrainResult(self.out_dir, self.step, self.best if self.val_cases else None, self.out_dir / "last.pt",
                            best if best.exists() else None, stopped_by_time)
