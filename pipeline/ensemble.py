@@ -68,7 +68,8 @@ class Ensemble:
         """Mean per-class probabilities ``(K, D, H, W)`` of the members on the volume's own grid."""
         channels = 1 if volume.array.ndim == 3 else volume.array.shape[0]
         if channels != self.in_channels:
-            raise InputError(volume.meta.path, f"has {channels} image channel(s); the model takes {self.in_channels}")
+            raise InputError(volume.meta.path, f"{channels} image channel(s) (a 4D image or channel files); the "
+                                               f"model takes {self.in_channels}")
         total = None
         for member in self.members:
             probs = member.probabilities(volume, tta=tta)

@@ -37,8 +37,6 @@ def expand_inputs(paths: Sequence[str | os.PathLike]) -> tuple[list[Path], list[
     """``(volume files, DICOM series folders)`` named by ``paths`` (see the module docstring)."""
     files, series = [], []
     for path in map(Path, paths):
-        if not path.exists():
-            raise InputError(path, "input not found")
         if path.is_dir() and _is_dataset_folder(path):
             entries = sorted(e for e in path.iterdir() if not e.name.startswith("."))
             files += [e for e in entries if _is_volume_file(e)]
@@ -46,7 +44,7 @@ def expand_inputs(paths: Sequence[str | os.PathLike]) -> tuple[list[Path], list[
         elif path.is_dir():
             series.append(path)
         else:
-            files.append(path)
+            files.append(path)  # a missing file fails as its own case
     return files, series
 
 
@@ -55,17 +53,17 @@ def jobs_from_paths(paths: Sequence[str | os.PathLike], channels: int = 1):
     from seg25d.pipeline.predict import PredictionJob
 
     files, series = expand_inputs(paths)
-    cases = group_channels(files, channels) if files and (channels > 1 or _all_first_channel(files)) else \
-        {stem(p): [p] for p in files}
+    grouped = files and (channels > 1 or _all_first_channel(files))
+    cases = list(group_channels(files, channels).items()) if grouped else [(stem(p), [p]) for p in files]
     jobs, names = [], {}
-    for case_id, parts in cases.items():
+    for case_id, parts in cases:
         name = f"{case_id}{full_suffix(parts[0])}"
         jobs.append(PredictionJob(case_id, str(parts[0]), name, tuple(str(p) for p in parts)))
     for folder in series:
         jobs.append(PredictionJob(folder.name, str(folder), f"{folder.name}.nii.gz"))
     for job in jobs:
         if job.name in names:
-            raise InputError(job.image, f"{names[job.name]} and it would both write {job.name}")
+            raise InputError(job.image, f"two inputs would both write {job.name} (the other: {names[job.name]})")
         names[job.name] = job.image
     return jobs
 
