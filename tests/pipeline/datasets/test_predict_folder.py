@@ -18,6 +18,7 @@ from seg25d.pipeline.cli import main
 from seg25d.pipeline.io import read_volume
 from seg25d.pipeline.manifest import LabelSpec, read_manifest
 from seg25d.pipeline.postprocess import decide_largest_component, largest_component
+from seg25d.pipeline.predict_inputs import jobs_from_paths
 
 UNET3D = ["model.name='unet3d'", "model.options={depth=2, base_channels=4}"]
 
@@ -150,6 +151,49 @@ def test_msd_and_folder_three_commands(layout, tmp_path, build):
     assert len(pd.read_csv(tmp_path / "eval" / "metrics.csv")) >= 1
 
 
+def _dicom_series(folder: Path, array: np.ndarray, spacing=(0.8, 0.8, 2.5)) -> Path:
+    """One .dcm per slice of a (D, H, W) array, axial, with the tags a series reader needs."""
+    import SimpleITK as sitk
+
+    folder.mkdir(parents=True)
+    uid = "1.2.826.0.1.3680043.2.1125.9.7"
+    for k, plane in enumerate(array):
+        img = sitk.GetImageFromArray(plane)
+        img.SetSpacing(spacing[:2])
+        for tag, value in {"0008|0060": "MR", "0020|000d": uid + ".1", "0020|000e": uid + ".2",
+                           "0020|0013": str(k + 1), "0020|0032": f"1.5\\-2.0\\{k * spacing[2]:.6f}",
+                           "0020|0037": "1\\0\\0\\0\\1\\0", "0028|0030": f"{spacing[1]}\\{spacing[0]}",
+                           "0018|0050": str(spacing[2])}.items():
+            img.SetMetaData(tag, value)
+        writer = sitk.ImageFileWriter()
+        writer.KeepOriginalImageUIDOn()
+        writer.SetFileName(str(folder / f"slice{k:03d}.dcm"))
+        writer.Execute(img)
+    return folder
+
+
+def test_input_discovery_rules(tmp_path):
+    for name in ("a_0000.nii.gz", "b_0000.nrrd", "c_0001.nii.gz", "c_0002.nii.gz"):
+        (tmp_path / "mixed" / name).parent.mkdir(exist_ok=True)
+        (tmp_path / "mixed" / name).write_bytes(b"")
+    (tmp_path / "mixed" / "patient7").mkdir()
+    (tmp_path / "mixed" / "patient7" / "IM0001").write_bytes(b"")
+    jobs = {j.case_id: j for j in jobs_from_paths([tmp_path / "mixed"], channels=1)}
+    # not every file is a _0000 file: each file is a case named by its stem; the subfolder is a DICOM series
+    assert sorted(jobs) == ["a_0000", "b_0000", "c_0001", "c_0002", "patient7"]
+    assert jobs["patient7"].name == "patient7.nii.gz" and jobs["patient7"].paths == [str(tmp_path / "mixed" / "patient7")]
+    for path in (tmp_path / "mixed").glob("c_*"):
+        path.unlink()
+    jobs = {j.case_id: j for j in jobs_from_paths([tmp_path / "mixed"], channels=1)}
+    assert sorted(jobs) == ["a", "b", "patient7"] and jobs["b"].name == "b.nrrd"  # nnU-Net single-channel names
+    series = {j.case_id: j for j in jobs_from_paths([tmp_path / "mixed" / "patient7"], channels=1)}
+    assert list(series) == ["patient7"]  # a folder of non-volume files is one series
+    (tmp_path / "mixed" / "a_0001.nii.gz").write_bytes(b"")
+    (tmp_path / "mixed" / "b_0001.nrrd").write_bytes(b"")
+    jobs = {j.case_id: j for j in jobs_from_paths([tmp_path / "mixed"], channels=2)}
+    assert [Path(p).name for p in jobs["a"].paths] == ["a_0000.nii.gz", "a_0001.nii.gz"]
+
+
 def test_real_volumes_through_an_nnunet_layout_keep_their_geometry(realdata, tmp_path):
     folder = tmp_path / "Dataset002_Real"
     sources = {"mr_abdomen": ("nifti/mr_abdomen/example_mr_sm.nii.gz", "nifti/mr_abdomen/example_seg_mr.nii.gz"),
@@ -171,10 +215,13 @@ def test_real_volumes_through_an_nnunet_layout_keep_their_geometry(realdata, tmp
     inputs = tmp_path / "inputs"
     shutil.copytree(folder / "imagesTr", inputs)
     shutil.copy(realdata / "nrrd/pyradiomics/breast1_image.nrrd", inputs / "breast1_0000.nrrd")
+    mr = read_volume(realdata / sources["mr_abdomen"][0]).array
+    series = _dicom_series(inputs / "scan7", mr[:6].astype(np.int16))  # a DICOM series in a subfolder
     out = tmp_path / "pred"
     assert main(["predict", "--model", str(run / "best.pt"), "--input", str(inputs), "--out", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir() if p.name.endswith((".nii.gz", ".nrrd"))) == [
-        "breast1.nrrd", "ct_abdomen.nii.gz", "mr_abdomen.nii.gz", "msd_spleen.nii.gz"]
+        "breast1.nrrd", "ct_abdomen.nii.gz", "mr_abdomen.nii.gz", "msd_spleen.nii.gz", "scan7.nii.gz"]
     for case in sources:
         _same_geometry(out / f"{case}.nii.gz", realdata / sources[case][0])
     _same_geometry(out / "breast1.nrrd", realdata / "nrrd/pyradiomics/breast1_image.nrrd")
+    _same_geometry(out / "scan7.nii.gz", series)
