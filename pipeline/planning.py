@@ -1,10 +1,11 @@
 """Planning: a dataset fingerprint and the preprocessing and input sizes derived from it, as nnU-Net plans.
 
 ``seg25d train`` plans at its start (``plan.json`` in the run folder, ``"plan"`` in the checkpoints);
-``seg25d plan M.csv`` prints the same plan without training. From the training cases' native grids:
+``seg25d plan M.csv`` prints the same plan without training. From the training cases:
 
-- **fingerprint**: each case's spacing and shape, and per channel (modality) the intensity statistics of the
-  foreground voxels (any class; 10,000 sampled per case): mean, sd, 0.5/50/99.5 percentiles.
+- **fingerprint**: each case's native spacing and shape, and per channel (modality) the intensity statistics of
+  the foreground voxels (any class; 10,000 sampled per case; on the target grid, where the cases are loaded
+  to so that the raw volumes are never all in memory): mean, sd, 0.5/50/99.5 percentiles.
 - **target spacing**: the median spacing per axis. For strongly anisotropic data (the median's largest spacing
   more than 3x its smallest) the slow axis takes the 10th percentile of its spacings instead (not below the
   other axes' spacing), as nnU-Net does, so thick-slice outliers do not coarsen every case.
@@ -39,7 +40,7 @@ from seg25d.pipeline.preprocess import NORMALIZATIONS, Preprocessing
 from seg25d.pipeline.resample import target_shape
 
 __all__ = ["Plan", "fingerprint", "target_spacing", "make_plan", "prepare_training_data", "plan_from_manifest",
-           "working_meta", "memory_budget_mb", "planned_config"]
+           "working_meta", "memory_budget_mb", "planned_config", "resolve_spacing"]
 
 log = logging.getLogger(__name__)
 SAMPLES_PER_CASE = 10_000
@@ -98,8 +99,9 @@ def working_meta(meta: VolumeMeta, shape: Sequence[int]) -> VolumeMeta:
 
 
 def fingerprint(images: Sequence[np.ndarray], masks: Sequence[np.ndarray | None], spacings: Sequence[Sequence[float]],
-                seed: int = 0) -> dict:
-    """Spacings, shapes and per-channel foreground intensity statistics of raw ``(C, D, H, W)`` images."""
+                shapes: Sequence[Sequence[int]], seed: int = 0) -> dict:
+    """Native spacings and shapes of the training cases, and per-channel foreground intensity statistics of their
+    ``(C, D, H, W)`` images (on the grid they were loaded to)."""
     rng = np.random.default_rng(seed)
     channels = images[0].shape[0]
     samples = [[] for _ in range(channels)]
@@ -117,7 +119,7 @@ def fingerprint(images: Sequence[np.ndarray], masks: Sequence[np.ndarray | None]
                           "median": float(p[1]), "p99_5": float(p[2]), "min": float(values.min()),
                           "max": float(values.max())})
     spacings = np.asarray(spacings, dtype=float)
-    shapes = np.asarray([im.shape[1:] for im in images])
+    shapes = np.asarray(shapes, dtype=int)
     return {"cases": len(images), "spacings": spacings.tolist(), "shapes": shapes.tolist(),
             "median_spacing": np.median(spacings, 0).tolist(), "median_shape": [int(v) for v in np.median(shapes, 0)],
             "foreground_intensity": intensity}
@@ -169,23 +171,32 @@ def _plan_input(family: str, shape: Sequence[int], options: dict, budget_mb: flo
     return shape, batch, sample_mb * batch
 
 
-def make_plan(images, masks, spacings, channels: Sequence[str], config: dict) -> Plan:
-    """The plan for raw training images with their masks and spacings, with ``config``'s overrides applied."""
+def resolve_spacing(value, spacings: Sequence[Sequence[float]] | None = None) -> list[float] | None:
+    """``data.spacing`` as applied: ``"auto"`` -> the target spacing of the native ``spacings``; ``[]`` -> None."""
+    if value == "auto":
+        return target_spacing(spacings)[0]
+    if value and (isinstance(value, str) or len(value) != 3):
+        raise InputError("data.spacing", f"must be \"auto\", [] or 3 numbers (mm, D H W), got {value!r}")
+    return [float(s) for s in value] if value else None
+
+
+def make_plan(images, masks, spacings, shapes, channels: Sequence[str], config: dict) -> Plan:
+    """The plan for training images ``(C, D, H, W)`` with their masks (on the grid ``config``'s ``data.spacing``
+    gives), their native spacings and shapes, and the declared channel modalities; ``config``'s overrides applied."""
     from seg25d.pipeline.data import model_family
 
     channels = list(channels)
-    if len(channels) != images[0].shape[0]:
-        channels = [f"image_{c}" for c in range(images[0].shape[0])] if images[0].shape[0] > 1 else ["image"]
-    fp = fingerprint(images, masks, spacings, seed=int(config["train"]["seed"]))
+    count = images[0].shape[0]
+    if channels == ["image"] and count > 1:  # no modalities declared
+        channels = [f"image_{c}" for c in range(count)]
+    if len(channels) != count:
+        raise InputError(config["data"]["manifest"], f"the images have {count} channel(s); the sidecar declares "
+                                                     f"{len(channels)} ({', '.join(channels)})")
+    fp = fingerprint(images, masks, spacings, shapes, seed=int(config["train"]["seed"]))
     planned_spacing, fp["anisotropic"] = target_spacing(fp["spacings"])
     planned_norm = ["ct" if c.strip().lower() == "ct" else "case_zscore" for c in channels]
     data = config["data"]
-    spacing = data["spacing"]
-    if spacing == "auto":
-        spacing = planned_spacing
-    elif spacing and (isinstance(spacing, str) or len(spacing) != 3):
-        raise InputError("data.spacing", f"must be \"auto\", [] or 3 numbers (mm, D H W), got {spacing!r}")
-    spacing = [float(s) for s in spacing] if spacing else None
+    spacing = resolve_spacing(data["spacing"], fp["spacings"])
     normalize = data["normalize"]
     if normalize == "auto":
         normalize = planned_norm
@@ -241,8 +252,21 @@ def planned_config(config: dict, plan: Plan) -> dict:
     return config
 
 
+def _load_planned(config: dict, task, rows, progress: bool):
+    """Training cases loaded onto the planned grid (``data.spacing``; ``"auto"`` reads the native spacings first),
+    and their native spacings and shapes."""
+    from seg25d.pipeline.data import load_cases
+    from seg25d.pipeline.images import image_paths, read_image
+
+    value = config["data"]["spacing"]
+    native = [read_image(image_paths(r)).meta.spacing for r in rows.itertuples()] if value == "auto" else None
+    load = Preprocessing(resolve_spacing(value, native), "none")
+    cases = load_cases(rows, task, load, progress=progress)
+    return load, cases, [c.meta.spacing for c in cases], [c.meta.shape for c in cases]
+
+
 def prepare_training_data(config: dict, task, train_rows, val_rows, progress: bool = True):
-    """Load the cases, plan from the training cases, then resample and normalise every case as planned.
+    """Plan from the training cases, then load, resample and normalise every case as planned.
 
     Returns ``(preprocessing, plan, train_cases, val_cases)``; each case's ``meta`` is its working grid's
     geometry (``case.meta.spacing``: the spacing the network sees, in mm).
@@ -250,19 +274,14 @@ def prepare_training_data(config: dict, task, train_rows, val_rows, progress: bo
     from seg25d.pipeline.data import load_cases
     from seg25d.pipeline.images import declared_channels
 
-    raw = Preprocessing(None, "none")
-    train_cases = load_cases(train_rows, task, raw, progress=progress)
-    val_cases = load_cases(val_rows, task, raw, progress=progress)
+    load, train_cases, spacings, shapes = _load_planned(config, task, train_rows, progress)
+    val_cases = load_cases(val_rows, task, load, progress=progress)
     if len({c.image.shape[0] for c in train_cases + val_cases}) > 1:
         raise InputError(config["data"]["manifest"], "cases have different numbers of image channels")
-    plan = make_plan([c.image for c in train_cases], [c.masks for c in train_cases],
-                     [c.meta.spacing for c in train_cases], declared_channels(config["data"]["manifest"]), config)
+    plan = make_plan([c.image for c in train_cases], [c.masks for c in train_cases], spacings, shapes,
+                     declared_channels(config["data"]["manifest"]), config)
     prep = plan.preprocessing(config["data"]["percentiles"])
     for case in train_cases + val_cases:
-        spacing = case.meta.spacing
-        case.image = prep.resample(case.image, spacing)
-        if case.masks is not None:
-            case.masks = prep.masks(case.masks, spacing)
         case.meta = working_meta(case.meta, case.image.shape[1:])
     prep.fit([c.image for c in train_cases])
     for case in train_cases + val_cases:
@@ -272,12 +291,12 @@ def prepare_training_data(config: dict, task, train_rows, val_rows, progress: bo
 
 def plan_from_manifest(config: dict) -> Plan:
     """The plan ``seg25d train`` would make for ``config`` (its manifest's training cases)."""
-    from seg25d.pipeline.data import load_cases, split_manifest, task_for
+    from seg25d.pipeline.data import split_manifest, task_for
     from seg25d.pipeline.images import declared_channels
 
     manifest = config["data"]["manifest"]
     task = task_for(manifest)
     train_rows, _ = split_manifest(manifest, config["data"], seed=int(config["train"]["seed"]))
-    cases = load_cases(train_rows, task, Preprocessing(None, "none"), progress=False)
-    return make_plan([c.image for c in cases], [c.masks for c in cases], [c.meta.spacing for c in cases],
+    _, cases, spacings, shapes = _load_planned(config, task, train_rows, progress=False)
+    return make_plan([c.image for c in cases], [c.masks for c in cases], spacings, shapes,
                      declared_channels(manifest), config)

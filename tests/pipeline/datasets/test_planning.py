@@ -74,6 +74,11 @@ def test_config_overrides_the_plan(manifest):
     assert plan.planned == {"spacing": [2.0, 1.0, 1.0], "normalize": ["ct", "case_zscore"]}
     plan = plan_from_manifest(_config(manifest, "data.spacing=[4.0, 2.0, 2.0]", "data.normalize=['none', 'ct']"))
     assert plan.spacing == [4.0, 2.0, 2.0] and plan.normalize == ["none", "ct"] and plan.stats["low"][1] > 0
+    config = _config(manifest, "data.spacing=[4.0, 2.0, 2.0]")
+    train_rows, val_rows = split_manifest(manifest, config["data"])
+    _, _, cases, _ = prepare_training_data(config, task_for(manifest), train_rows, val_rows, progress=False)
+    assert cases[0].image.shape == (2, 8, 8, 8) and cases[0].masks.shape == (2, 8, 8, 8)  # 16^3 at 2 x 1 x 1 mm
+    assert cases[0].meta.spacing == pytest.approx((4.0, 2.0, 2.0)) and cases[0].meta.shape == (8, 8, 8)
 
 
 def test_working_meta_keeps_the_volume_extent():
