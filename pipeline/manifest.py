@@ -318,8 +318,7 @@ def assign_splits(manifest: str | os.PathLike, out: str | os.PathLike, val: floa
     if "train" not in split.values():
         raise InputError(manifest, "no group left for training; lower --val/--test")
     frame = frame.assign(split=frame.group.map(split))
-    spec = read_label_spec(manifest)
-    if spec is not None:
-        write_label_spec(out, spec)
+    if read_label_spec(manifest) is not None:  # validated; copied whole (it may name the channels too)
+        write_json(sidecar_path(out), json.loads(sidecar_path(manifest).read_text()))
     write_manifest(out, frame)
     return frame

@@ -149,6 +149,8 @@ def test_msd_and_folder_three_commands(layout, tmp_path, build):
     assert main(["evaluate", "--pred", str(out), "--manifest", str(manifest), "--split", "val",
                  "--out", str(tmp_path / "eval")]) == 0
     assert len(pd.read_csv(tmp_path / "eval" / "metrics.csv")) >= 1
+    assert main(["report", str(tmp_path / "eval")]) == 0  # draws the first channel of multi-modal images
+    assert (tmp_path / "eval" / "report.html").is_file()
 
 
 def _dicom_series(folder: Path, array: np.ndarray, spacing=(0.8, 0.8, 2.5)) -> Path:
