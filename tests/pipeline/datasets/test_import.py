@@ -153,3 +153,23 @@ def test_bad_folder_and_msd_layouts(tmp_path, build, capsys):
     err = _error(capsys)
     assert "ball_1.nii.gz" in err and "channel" in err
     assert not out.exists()
+
+
+def test_manifest_channel_columns(tmp_path):
+    from seg25d.pipeline.errors import InputError
+    from seg25d.pipeline.manifest import write_manifest
+
+    rows = [{"case_id": "a", "image_0": str(tmp_path / "a0.nii.gz"), "image_1": str(tmp_path / "a1.nii.gz"),
+             "label": "", "split": "test"}]
+    path = write_manifest(tmp_path / "m.csv", rows)
+    assert pd.read_csv(path).columns.tolist() == ["case_id", "image_0", "image_1", "label", "split"]
+    frame = read_manifest(path)
+    assert frame.image[0] == str(tmp_path / "a0.nii.gz")  # image is the first channel
+    assert image_paths(next(frame.itertuples())) == [str(tmp_path / "a0.nii.gz"), str(tmp_path / "a1.nii.gz")]
+    assert image_paths(frame.iloc[0]) == image_paths(next(frame.itertuples()))
+    (tmp_path / "gap.csv").write_text("case_id,image_0,image_2\na,x.nii.gz,y.nii.gz\n")
+    with pytest.raises(InputError, match="image_0,image_1"):
+        read_manifest(tmp_path / "gap.csv")
+    (tmp_path / "empty.csv").write_text("case_id,image_0,image_1\na,x.nii.gz,\n")
+    with pytest.raises(InputError, match=r"line 2 \(a\): empty path"):
+        read_manifest(tmp_path / "empty.csv")
