@@ -28,7 +28,6 @@ Config overrides: ``data.spacing`` (``"auto"``: the plan's; ``[]``: each volume'
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 from typing import Sequence
 
@@ -42,7 +41,6 @@ from seg25d.pipeline.resample import target_shape
 __all__ = ["Plan", "fingerprint", "target_spacing", "make_plan", "prepare_training_data", "plan_from_manifest",
            "working_meta", "memory_budget_mb", "planned_config", "resolve_spacing"]
 
-log = logging.getLogger(__name__)
 SAMPLES_PER_CASE = 10_000
 ANISOTROPY = 3.0
 MEMORY_FACTOR = {"volume": 8, "patches": 24, "slices": 24, "stacks": 24}

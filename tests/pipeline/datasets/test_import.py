@@ -4,7 +4,6 @@ folds, region labels as bitmasks, and one clear line for each broken layout."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pandas as pd
