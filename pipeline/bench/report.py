@@ -400,8 +400,15 @@ def render_benchmarks(paths, base) -> str:
         groups.setdefault(_group_key(result), []).append(result)
     if not groups:
         raise InputError(", ".join(map(str, paths)), "no benchmark results files (JSON) found")
-    ordered = sorted(groups.values(), key=lambda rs: (KIND_ORDER.index(rs[0].kind), -len(rs), _title(rs)))
-    return PREAMBLE + "\n" + "\n\n".join(_section(rs, Path(base)) for rs in ordered) + "\n"
+    sections = []
+    for results in groups.values():
+        try:
+            sections.append((KIND_ORDER.index(results[0].kind), -len(results), _title(results),
+                             _section(results, Path(base))))
+        except (KeyError, TypeError, ValueError, IndexError, ZeroDivisionError) as err:
+            names, kind = ", ".join(str(r.path) for r in results), results[0].kind
+            raise InputError(names, f"not a complete {kind} results file ({type(err).__name__}: {err})") from None
+    return PREAMBLE + "\n" + "\n\n".join(text for *_, text in sorted(sections)) + "\n"
 
 
 def write_benchmarks(paths, out="docs/benchmarks.md") -> Path:

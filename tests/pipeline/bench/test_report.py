@@ -150,6 +150,14 @@ def test_command_writes_the_page_and_names_a_missing_folder(tmp_path, capsys):
         render_benchmarks([tmp_path / "docs"], tmp_path)
 
 
+def test_an_incomplete_results_file_is_named_in_one_line(tmp_path):
+    bad = _write(tmp_path / "r" / "compare.json", {"benchmark": "compare", "manifest": "m.csv", "budget_minutes": 1,
+                                                   "rows": [{"model": "unet2d", "dice_vessel": 0.5}]})
+    with pytest.raises(InputError, match="not a complete compare results file") as err:
+        render_benchmarks([tmp_path / "r"], tmp_path)
+    assert str(bad) in str(err.value)
+
+
 def test_committed_benchmarks_page_is_what_the_results_generate():
     """docs/benchmarks.md cannot drift from docs/results: regenerate it with
     ``seg25d bench report docs/results --out docs/benchmarks.md`` in the commit that changes the results."""
