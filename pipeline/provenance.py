@@ -21,7 +21,7 @@ def command_line() -> str:
 
 
 def machine() -> str:
-    """The processor (and GPU, when torch sees one) in a few words, e.g. ``AMD EPYC, 2 CPU cores``."""
+    """The processor (and GPU, when torch sees one) in a few words, e.g. ``<CPU model name>, 2 CPU cores``."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as info:
