@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 import shlex
 import sys
 from pathlib import Path
 
-__all__ = ["command_line", "machine", "provenance"]
+__all__ = ["command_line", "machine", "provenance", "run_commands"]
 
 
 def command_line() -> str:
@@ -18,6 +19,19 @@ def command_line() -> str:
     if argv and Path(argv[0]).name in ("seg25d", "__main__.py"):
         argv[0] = "seg25d"
     return shlex.join(argv)
+
+
+def run_commands(run_json: str | os.PathLike, resumed: bool) -> list[str]:
+    """The command lines of a run: those ``run_json`` recorded before (when ``resumed``), then this process's."""
+    previous: list[str] = []
+    if resumed and Path(run_json).is_file():
+        try:
+            recorded = json.loads(Path(run_json).read_text())
+        except (OSError, ValueError):
+            recorded = None
+        if isinstance(recorded, dict):  # "command": one line, as run.json held before resumes were kept
+            previous = list(recorded.get("commands") or ([recorded["command"]] if recorded.get("command") else []))
+    return [*previous, command_line()]
 
 
 def machine() -> str:
