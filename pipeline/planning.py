@@ -212,7 +212,10 @@ def make_plan(images, masks, spacings, shapes, channels: Sequence[str], config: 
     name, options = config["model"]["name"], dict(config["model"]["options"])
     if options.get("scale") == "auto":  # projection25d: the working grid decides, as in training
         options["scale"] = resolve_scale("auto", median)
-    family = feeding_of(build(name, count, 1, **options)).kind
+    try:
+        family = feeding_of(build(name, count, 1, **options)).kind
+    except ValueError as err:
+        raise InputError("model", str(err)) from None
     budget = memory_budget_mb()
     shape, batch, estimate = _plan_input(family, median, options, budget)
     model = {"name": name, "family": family, "input": shape, "batch": batch, "memory_budget_mb": round(budget),
