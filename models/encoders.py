@@ -32,7 +32,8 @@ from seg25d.pipeline.errors import InputError
 __all__ = ["EncoderUNet", "build_unet2d", "smp_module", "WEIGHT_SUFFIXES"]
 
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
-DECODER_NORMS = {"batch": "batchnorm", "instance": "instancenorm", "none": "identity"}
+DECODER_NORMS = {"batch": {"type": "batchnorm"}, "instance": {"type": "instancenorm", "affine": True},  # as UNet's
+                 "none": {"type": "identity"}}
 DECODER_UPSAMPLING = {"transpose": "nearest", "bilinear": "bilinear"}  # smp upsamples by interpolation
 
 
@@ -82,10 +83,12 @@ class EncoderUNet(nn.Module):
         self.depth, self.encoder_name = depth, encoder
         path = _weights_file(encoder_weights)
 
+        widths = [base_channels * 2**i for i in reversed(range(depth))]
+
         def unet(channels: int, weights):
             return smp.Unet(encoder, encoder_depth=depth, encoder_weights=weights, in_channels=channels,
-                            classes=out_channels, decoder_channels=[base_channels * 2**i for i in reversed(range(depth))],
-                            decoder_use_norm=DECODER_NORMS[norm], decoder_interpolation=DECODER_UPSAMPLING[upsampling])
+                            classes=out_channels, decoder_channels=widths, decoder_use_norm=dict(DECODER_NORMS[norm]),
+                            decoder_interpolation=DECODER_UPSAMPLING[upsampling])
 
         try:
             if path is not None:

@@ -15,6 +15,7 @@ from seg25d.pipeline.cli import main
 from seg25d.pipeline.config import load_config
 from seg25d.pipeline.errors import InputError
 from seg25d.pipeline.training import train
+from seg25d.pipeline.volume_inference import predict_probabilities
 
 try:  # smp needs torchvision, whose PyPI wheels need a CUDA build of torch
     import segmentation_models_pytorch as smp
@@ -105,9 +106,9 @@ def test_models_train_save_and_reload(manifest, tmp_path, model, encoder, no_cur
     trained, before = _encoder_state(rebuilt), _encoder_state(initial)
     assert trained.keys() == before.keys() and trained
     assert any(not torch.equal(trained[k], before[k]) for k in trained)  # the encoder trained
-    volume = torch.from_numpy(np.random.default_rng(0).normal(size=(1, 1, 10, 20, 18)).astype(np.float32))
-    with torch.no_grad():
-        assert rebuilt(volume).shape == (1, 1, 10, 20, 18)
+    image = np.random.default_rng(0).normal(size=(1, 9, 21, 17)).astype(np.float32)
+    probs = predict_probabilities(rebuilt, image, sigmoid=True)
+    assert probs.shape == (1, 9, 21, 17) and np.isfinite(probs).all()
 
 
 @needs_smp
