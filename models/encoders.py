@@ -4,7 +4,7 @@
 ``unet`` options) take ``encoder="NAME"``: any smp encoder name (``resnet34``, ``efficientnet-b3``, ...) or a
 timm one as ``tu-NAME`` (``tu-convnext_tiny``), and ``encoder_weights``:
 
-- ``None``: random initialisation;
+- ``None`` (``""`` or ``"none"`` in TOML, which has no null): random initialisation;
 - a weights name such as ``"imagenet"``: downloaded by smp/timm (Hugging Face hub) and cached;
 - a file ``PATH`` (``.pt``/``.pth``/``.bin`` read with ``weights_only=True``, or ``.safetensors``): a state dict
   of the encoder with 3 input channels (``torch.save(smp_model.encoder.state_dict(), PATH)``, a timm model's
@@ -126,6 +126,8 @@ def build_unet2d(in_channels: int, out_channels: int, encoder: str | None = None
     """
     from seg25d.models.unet import UNet
 
+    if encoder_weights in ("", "none"):  # TOML has no null: --set ...encoder_weights='' for random weights
+        encoder_weights = None
     if encoder is None:
         if encoder_weights is not None:
             raise ValueError("encoder_weights needs an encoder (e.g. encoder='resnet34')")

@@ -222,3 +222,34 @@ def test_a_missing_package_is_one_line_naming_the_extra(monkeypatch):
     with pytest.raises(InputError, match=r"pip install seg25d\[encoders\]") as info:
         build("unet2d", 1, 2, encoder="resnet18")
     assert "\n" not in str(info.value)
+
+
+# --- the competition preset -------------------------------------------------------------------------------------
+
+@needs_smp
+def test_the_gi_kaggle_preset_trains_folds_and_submits_with_tta(tmp_path, no_curves, capsys):
+    from seg25d.pipeline.kaggle.layout import scan_case_days
+    from seg25d.pipeline.synth.gi import write_gi_dataset
+
+    preset = load_config("gi_kaggle")
+    backbone = preset["model"]["options"]["backbone_options"]
+    assert preset["model"]["options"]["slices"] == 5 and backbone["encoder_weights"] == "imagenet"
+    root = tmp_path / "gi"
+    write_gi_dataset(root, cases=3, seed=0, days=(1, 2), slices=(12, 16), sizes=[(40, 32, 1.5, 1.5)], progress=False)
+    run = tmp_path / "run"
+    sets = ["model.options.backbone_options.encoder_weights=''", "train.max_steps=2", "train.slices_per_step=2",
+            "train.val_every=2", "train.checkpoint_every=2", "train.warmup_steps=1", "train.progress=false"]
+    args = ["kaggle", "train", "--root", str(root), "--out", str(run), "--config", "gi_kaggle", "--folds", "3",
+            "--fold", "0"]
+    for text in sets:
+        args += ["--set", text]
+    assert main(args) == 0, capsys.readouterr().err
+    options = load_checkpoint(run / "fold0" / "best.pt")["model_config"]["options"]
+    assert options["backbone_options"]["encoder"] == "efficientnet-b3"
+    assert options["backbone_options"]["encoder_weights"] is None
+    out = tmp_path / "submission.csv"
+    assert main(["kaggle", "submit", "--tta", "--model", str(run / "fold0" / "best.pt"), "--root", str(root),
+                 "--out", str(out)]) == 0
+    lines = out.read_text().splitlines()
+    assert lines[0] == "id,class,predicted"
+    assert len(lines) - 1 == 3 * sum(len(c.slice_numbers) for c in scan_case_days(root, "train"))
