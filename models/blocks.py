@@ -19,10 +19,8 @@ def conv(spatial_dims: int):
 
 class InstanceNorm2d(nn.InstanceNorm2d):
     """torch's ``InstanceNorm2d``, fast on the channels-last activations of the 2D U-Nets, where torch's kernel
-    is slow (2026-12-06): in training it runs on a contiguous copy (forward and backward, bf16, 9 x 16 x 96 x 136:
-    5.4-6.4 ms against 1.9-2.2 ms; the default 2D U-Net on a step's 9 crops 85-92 ms against 68 ms, 54-58 ms with
-    batch norms); without gradients, in fp32, the statistics are taken over a (N, H*W, C) view of the memory
-    (72 x 16 x 64 x 96: 3.7 ms against 23 ms)."""
+    is slow: in training it runs on a contiguous copy; without gradients, in fp32, the statistics are taken
+    over a (N, H*W, C) view of the memory."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (x.dim() != 4 or self.track_running_stats or x.is_contiguous()
@@ -63,9 +61,7 @@ class ConvBlock(nn.Sequential):
     """Two 3x3 convolutions, each followed by normalisation and activation (optional dropout at the end).
 
     ``padding="valid"`` shrinks each spatial size by 4, as in the original U-Net. In eval mode a batch norm is
-    folded into the convolution before it: the same affine map with one pass over the activations less (the
-    default 2D U-Net's forward on 36 images of 64x88 measured 11 % faster here, whole-volume inference of
-    ``unet2d`` and ``projection25d`` at 128^3 about 4 %).
+    folded into the convolution before it: the same affine map with one pass over the activations less.
     """
 
     def __init__(self, spatial_dims, in_channels, out_channels, norm_kind="batch", act="relu", padding="same",
@@ -114,7 +110,6 @@ def pad_to_multiple(x: torch.Tensor, multiple: int, spatial_dims: int, mode: str
 
 
 def channels_last(x: torch.Tensor) -> torch.Tensor:
-    """Channels-last layout for 4D tensors: oneDNN's fast path for 2D convolutions on CPU (measured here: a
-    2D U-Net's backward pass several times faster). 5D tensors are returned as they are: 3D networks with
-    normalisation measured slower in ``channels_last_3d``."""
+    """Channels-last layout for 4D tensors: oneDNN's fast path for 2D convolutions on CPU. 5D tensors are
+    returned as they are: 3D networks with normalisation are slower in ``channels_last_3d``."""
     return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from seg25d.models.blocks import center_crop, channels_last, pad_to_multiple
+from seg25d.models.feeding import Feeding
 from seg25d.pipeline.errors import InputError
 
 __all__ = ["EncoderUNet", "build_unet2d", "smp_module", "WEIGHT_SUFFIXES"]
@@ -69,6 +70,7 @@ class EncoderUNet(nn.Module):
 
     spatial_dims = 2
     padding = "same"
+    feeding = Feeding("slices")  # slice by slice, any slice size
 
     def __init__(self, in_channels: int, out_channels: int, encoder: str, encoder_weights: str | None = None,
                  depth: int = 5, base_channels: int = 16, norm: str = "batch", upsampling: str = "transpose"):

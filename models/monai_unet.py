@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from seg25d.models.blocks import center_crop, pad_to_multiple
-
+from seg25d.models.feeding import Feeding
 from seg25d.models.registry import register_model
 
 __all__ = ["monai_unet"]
@@ -29,7 +29,7 @@ def monai_unet(in_channels: int, out_channels: int, *, channels=(16, 32, 64, 128
     multiple = math.prod(strides)
 
     class PaddedUNet(UNet):  # same parameters and state-dict keys as MONAI's UNet
-        spatial_dims = 3
+        feeding = Feeding("patches")
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             """Any input size: padded up to a multiple of the total stride, cropped back."""

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import inspect
 from typing import Callable
 
 from torch import nn
+
+from seg25d.models.feeding import feeding_of
 
 __all__ = ["register_model", "build", "list_models", "model_options"]
 
@@ -14,7 +17,10 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
 
 def register_model(name: str):
-    """Class or factory decorator: make it buildable as ``build(name, ...)``. Names must be unique."""
+    """Class or factory decorator: make it buildable as ``build(name, ...)``. Names must be unique.
+
+    The network it builds declares a :class:`~seg25d.models.feeding.Feeding` as ``feeding``.
+    """
 
     def wrap(factory):
         if name in _REGISTRY:
@@ -39,9 +45,16 @@ def _factory(name: str):
 
 
 def model_options(name: str) -> dict[str, object]:
-    """The options a model takes beyond its channels (its keyword-only arguments), with their defaults."""
-    params = inspect.signature(_factory(name)).parameters
-    return {k: p.default for k, p in params.items() if p.kind is p.KEYWORD_ONLY}
+    """The options a model takes beyond its channels, with their defaults: the factory's keyword-only arguments,
+    and the fields of the dataclass in its ``options`` attribute when it takes them as ``**options`` (None: the
+    factory picks the value, e.g. from a preset)."""
+    factory = _factory(name)
+    params = inspect.signature(factory).parameters
+    found = {k: p.default for k, p in params.items() if p.kind is p.KEYWORD_ONLY}
+    declared = getattr(factory, "options", None)
+    if declared is not None:
+        found.update({field.name: None for field in dataclasses.fields(declared)})
+    return found
 
 
 def build(name: str, in_channels: int, out_channels: int, **options) -> nn.Module:
@@ -62,6 +75,7 @@ def build(name: str, in_channels: int, out_channels: int, **options) -> nn.Modul
         raise ValueError(f"unknown option(s) {', '.join(unknown)} for model {name!r}; "
                          f"valid: {', '.join(f'{k}={v!r}' for k, v in valid.items())}")
     model = factory(in_channels, out_channels, **options)
+    feeding_of(model)  # every network says how it is fed
     resolved = getattr(model, "resolved_options", None) or {**valid, **options}
     model.config = {"name": name, "in_channels": in_channels, "out_channels": out_channels, "options": resolved}
     return model

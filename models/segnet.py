@@ -9,6 +9,7 @@ from torch import nn
 
 from seg25d.models.blocks import ACTIVATIONS, NORMS, center_crop, channels_last, pad_to_multiple
 from seg25d.models.blocks import activation as make_activation, norm as make_norm
+from seg25d.models.feeding import Feeding
 from seg25d.models.registry import register_model
 
 __all__ = ["SegNet", "segnet_widths"]
@@ -58,6 +59,8 @@ class SegNet(nn.Module):
         ``self.pools[i]`` (encoder level ``i``) and the unpooling layers ``self.unpools[i]`` (they undo
         ``self.pools[i]``), so forward hooks can inspect the indices passed between them.
     """
+
+    feeding = Feeding("slices")
 
     def __init__(self, in_channels: int, out_channels: int, depth: int = 4, base_channels: int = 16,
                  convs_per_level: int | Sequence[int] = 2, norm: str = "batch", activation: str = "relu"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from seg25d.models.feeding import Feeding, feeding_of
 from seg25d.models.registry import build, register_model
 
 __all__ = ["SliceStack25D", "stack_indices"]
@@ -56,6 +57,11 @@ class SliceStack25D(nn.Module):
         self.slices, self.stride, self.edge, self.slice_batch = slices, stride, edge, slice_batch
         self.in_channels = in_channels
         self.net = build(backbone, in_channels * slices, out_channels, **(backbone_options or {}))
+
+    @property
+    def feeding(self) -> Feeding:
+        """Slice stacks in training, the whole volume at inference."""
+        return Feeding("stacks", self.slices, self.stride, self.edge, padding=feeding_of(self.net).padding)
 
     def stack(self, volume: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
         """Stacks for the given centre slices of every volume in the batch: ``(B * len(centers), C * k, H, W)``."""

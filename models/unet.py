@@ -7,6 +7,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from seg25d.models.blocks import ACTIVATIONS, NORMS, ConvBlock, center_crop, channels_last, conv, pad_to_multiple
+from seg25d.models.feeding import Feeding
 from seg25d.models.registry import register_model
 
 __all__ = ["UNet", "valid_output_size"]
@@ -73,6 +74,11 @@ class UNet(nn.Module):
         self.head = conv(spatial_dims)(c, out_channels, 1)
         if spatial_dims == 2:
             self.to(memory_format=torch.channels_last)
+
+    @property
+    def feeding(self) -> Feeding:
+        """2D: slice by slice; 3D: whole volumes or patches."""
+        return Feeding("slices" if self.spatial_dims == 2 else "patches", padding=self.padding)
 
     def _upsample(self, i: int, x: torch.Tensor) -> torch.Tensor:
         if self.upsampling == "transpose":

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from seg25d.models.blocks import ACTIVATIONS, NORMS, ConvBlock, center_crop, channels_last, pad_to_multiple
+from seg25d.models.feeding import Feeding
 from seg25d.models.registry import register_model
 
 __all__ = ["UNetPlusPlus"]
@@ -49,6 +50,8 @@ class UNetPlusPlus(nn.Module):
         Inputs of any size are accepted: they are padded (edge replication) to a multiple of ``2**(depth-1)``
         and the logits are cropped back to the input size.
     """
+
+    feeding = Feeding("slices")
 
     def __init__(self, in_channels: int, out_channels: int, depth: int = 4, base_channels: int = 16,
                  norm: str = "batch", activation: str = "relu", deep_supervision: bool = False):

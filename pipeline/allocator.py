@@ -2,17 +2,17 @@
 
 glibc's ``malloc`` maps each allocation above its mmap threshold separately and unmaps it on release, and gives
 the top of its heap back to the system once more than its trim threshold is free there. A training step frees
-and reallocates tensors of several MiB each, so every step then faults in fresh pages, which the kernel zeroes
-one 4 KiB page at a time: in a default ``projection25d`` step on a 64x96x96 volume (bf16, 2 cores) measured
-here 8,500 to 14,500 page faults, and the step 9 to 15 % slower than with freed memory kept (a ``unet2d``
-step: 3,000 faults, no measurable time; docs/benchmarks.md, section 3a). :func:`keep_freed_memory` raises the
-mmap threshold to glibc's largest (32 MiB) and stops trimming, so freed memory stays in the process for the
-next step; the resident memory stays at its high-water mark.
+and reallocates volume-sized tensors, so every step then faults in fresh pages, which the kernel zeroes one
+page at a time. :func:`keep_freed_memory` raises the mmap threshold to glibc's largest (32 MiB) and stops
+trimming, so freed memory stays in the process for the next step; the resident memory stays at its
+high-water mark. Arithmetic and results do not change.
 
-The ``seg25d`` command calls it once at start. It changes nothing where the C library is not glibc, where
-``SEG25D_KEEP_FREED_MEMORY=0`` (glibc's own behaviour), or where the environment configures the allocator
-itself with a ``MALLOC_*`` variable or a ``glibc.malloc`` tunable (the memory benchmarks do, see
-:mod:`seg25d.pipeline.memory`).
+Where it helps: training on whole volumes (``projection25d`` steps about a tenth faster; slice-wise 2D
+networks gain nothing, their tensors are small). So the training commands (``seg25d train``, ``demo``,
+``kaggle train``) call it once at start, and nothing else does. It changes nothing where the C library is
+not glibc, where ``SEG25D_KEEP_FREED_MEMORY=0`` (glibc's own behaviour), or where the environment configures
+the allocator itself with a ``MALLOC_*`` variable or a ``glibc.malloc`` tunable (the memory benchmarks do,
+see :mod:`seg25d.pipeline.memory`).
 """
 
 from __future__ import annotations

@@ -5,9 +5,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
+import shutil
 from pathlib import Path
 from typing import Iterator
+
+from seg25d.pipeline.errors import InputError
 
 
 def full_suffix(path: str | os.PathLike) -> str:
@@ -24,7 +28,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` with the same extension; rename it onto ``path`` on success.
 
     On any exception the temporary file is removed and ``path`` is left untouched, so a reader
-    never sees a half-written file. Parent folders are created.
+    never sees a half-written file. Parent folders are created. A folder at ``path``, or a file where a
+    parent folder should be, is an InputError.
 
     Example:
         >>> import tempfile, pathlib
@@ -35,7 +40,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         'done'
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise InputError(path, "output name exists as a folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise InputError(path, "cannot be written: a file stands where its folder should be") from None
     tmp = _create_temp_sibling(path)
     try:
         yield tmp
@@ -61,6 +71,31 @@ def _create_temp_sibling(path: Path) -> Path:
             continue
         return tmp
     raise FileExistsError(f"{path}: could not create a temporary file beside it")
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporaries a killed writer of ``path`` left beside it (``.<stem>.<8 hex>.tmp<suffix>`` files
+    of :func:`atomic_path`, ``.<name>.<random>.tmp`` folders of detached-header writes); returns them.
+
+    Call it when a job starts on ``path``, not while another process may be writing it.
+    """
+    path = Path(path)
+    suffix = full_suffix(path)
+    stem = path.name[: len(path.name) - len(suffix)]
+    patterns = (re.compile(rf"\.{re.escape(stem)}\.[0-9a-f]{{8}}\.tmp{re.escape(suffix)}"),
+                re.compile(rf"\.{re.escape(path.name)}\.[A-Za-z0-9_]{{8}}\.tmp"))
+    if not path.parent.is_dir():
+        return []
+    removed = []
+    for item in path.parent.iterdir():
+        if not any(p.fullmatch(item.name) for p in patterns):
+            continue
+        if item.is_dir() and not item.is_symlink():
+            shutil.rmtree(item, ignore_errors=True)
+        else:
+            item.unlink(missing_ok=True)
+        removed.append(item)
+    return removed
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

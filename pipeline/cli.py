@@ -8,7 +8,6 @@ import logging
 import sys
 
 from seg25d import __version__
-from seg25d.pipeline.allocator import keep_freed_memory
 from seg25d.pipeline.errors import InputError
 
 # Subcommand modules in seg25d.pipeline.commands, in the order `seg25d --help` lists them.
@@ -16,6 +15,7 @@ COMMANDS = (
     "demo",
     "synth",
     "manifest",
+    "preprocess",
     "train",
     "predict",
     "evaluate",
@@ -36,11 +36,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for name in COMMANDS:
         importlib.import_module(f"seg25d.pipeline.commands.{name}").register(sub)
+    _describe(parser)
     return parser
 
 
+def _describe(parser: argparse.ArgumentParser) -> None:
+    """Every subcommand's --help opens with a description: its own, or the line it is listed with."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            listed = {choice.dest: choice.help for choice in action._choices_actions}
+            for name, subparser in action.choices.items():
+                subparser.description = subparser.description or listed.get(name)
+                _describe(subparser)
+
+
 def main(argv: list[str] | None = None) -> int:
-    keep_freed_memory()  # training and inference reuse freed tensor memory (see seg25d.pipeline.allocator)
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

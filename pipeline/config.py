@@ -2,7 +2,9 @@
 
 A configuration is a nested dict with the sections below; ``docs/configuration.md`` documents every key.
 Resolution order: :data:`DEFAULTS` <- preset or TOML file <- ``--set`` overrides. Unknown keys are errors
-that list the valid ones, so typos never pass silently.
+that list the valid ones, so typos never pass silently, and every value must have its default's type
+(a number where the default is one, a list of integers for ``data.patch_size``...), checked before any data
+is read.
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "folds": 0,                 # cross-validation folds (GroupKFold by group); 0: use the manifest's splits
         "fold": 0,                  # which fold is validation when folds > 0
         "exclude": [],              # case ids (or groups) to leave out
+        "resample_labels": False,   # resample a label whose grid differs from its image's onto the image (nearest);
+                                    # false: such a label is an error, as in `seg25d manifest check`
+        "cache": "",                # preprocessed cases ("": $SEG25D_CACHE, ~/.cache/seg25d; "off": in memory)
     },
     "augment": {
         "enabled": True,
@@ -78,6 +83,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "alternate_every": 5,       # with schedule = "alternate": every n-th step is a path-2 step
         "precision": "auto",        # auto | fp32 | bf16 of the training forward pass (auto: bf16 on CPUs built for it)
         "threads": 0,               # torch threads (0: torch's default)
+        "workers": "auto",          # batch-making processes (auto: min(4, cores per rank - 1); 0: in the trainer)
         "val_max_cases": 0,         # validate on at most this many cases (0: all)
         "progress": True,           # progress bar
     },
@@ -170,8 +176,42 @@ def load_config(name_or_file: str | os.PathLike | None = None, overrides: list[s
         config["model"]["options"] = {}
     for text in options:
         apply_override(config, text)
+    _check_types(config, DEFAULTS)
     _check_counts(config)
     return config
+
+
+# item types of the lists whose default is empty
+_ITEMS = {"data.spacing": float, "data.patch_size": int, "data.exclude": str}
+# keys that take a word ("auto") or a value of another type
+_ALSO = {"train.workers": (int,)}
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a table"}
+_ITEM_NAMES = {int: "integers", float: "numbers", str: "strings"}
+
+
+def _fits(value, kind: type) -> bool:
+    if kind is bool or isinstance(value, bool):
+        return kind is bool and isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, kind)
+
+
+def _check_types(config: dict, defaults: dict, prefix: str = "") -> None:
+    """Every value has its default's type: bool, integer, number (integer or float), string, table or list of
+    these; the first mismatch raises InputError ``<key>: expected a number, got 'abc'``."""
+    for key, default in defaults.items():
+        name, value = f"{prefix}{key}", config[key]
+        if isinstance(default, dict) and key != "options":
+            _check_types(value, default, f"{name}.")
+        elif isinstance(default, list):
+            kind = _ITEMS.get(name) or type(default[0])
+            kind = float if kind is int and any(isinstance(v, float) for v in default) else kind
+            if not isinstance(value, list) or not all(_fits(v, kind) for v in value):
+                raise InputError(name, f"expected a list of {_ITEM_NAMES[kind]}, got {value!r}")
+        elif not any(_fits(value, kind) for kind in (type(default), *_ALSO.get(name, ()))):
+            expected = " or ".join(_TYPE_NAMES[kind] for kind in (type(default), *_ALSO.get(name, ())))
+            raise InputError(name, f"expected {expected}, got {value!r}")
 
 
 _POSITIVE = ("max_steps", "batch_size", "slices_per_step", "checkpoint_every", "val_every")

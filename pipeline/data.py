@@ -1,4 +1,4 @@
-"""Training data: cases loaded from a manifest, splits, and per-step batches for each model family.
+"""Training data: cases loaded from a manifest, splits, and per-step batches for each way a model is fed.
 
 Batches are a pure function of ``(seed, step, rank)``: every step draws from its own generator, so a run
 resumed from a checkpoint sees exactly the batches an uninterrupted run sees.
@@ -16,14 +16,17 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from seg25d.models.feeding import Feeding
+from seg25d.models.slicestack import stack_indices
 from seg25d.pipeline.augment import augment_sample
 from seg25d.pipeline.errors import InputError
 from seg25d.pipeline.io import VolumeMeta, read_volume
-from seg25d.pipeline.manifest import LabelSpec, label_spec_or_infer, read_manifest
+from seg25d.pipeline.manifest import (LabelSpec, label_on_image_grid, label_spec_or_infer, label_value_problem,
+                                      read_manifest)
 from seg25d.pipeline.preprocess import Preprocessing
 
 __all__ = ["Task", "Case", "load_cases", "split_manifest", "group_folds", "BatchSampler", "step_generator",
-           "model_family", "task_for"]
+           "task_for"]
 
 log = logging.getLogger(__name__)
 
@@ -57,18 +60,6 @@ class Case:
     image: np.ndarray
     masks: np.ndarray | None
     meta: VolumeMeta
-
-
-def model_family(name: str) -> str:
-    """How the data pipeline feeds a model: ``volume`` (whole volumes: projection25d), ``patches`` (3D CNNs:
-    whole volumes, or random 3D patches when ``data.patch_size`` is set), ``slices`` (2D) or ``stacks``."""
-    if name == "projection25d":
-        return "volume"
-    if name in ("unet3d", "monai_unet"):
-        return "patches"
-    if name == "slicestack25d":
-        return "stacks"
-    return "slices"
 
 
 def task_for(manifest) -> Task:
@@ -119,20 +110,21 @@ def split_manifest(manifest, data_config: dict, seed: int = 0) -> tuple[pd.DataF
     return train, val
 
 
-def load_cases(rows: pd.DataFrame, task: Task, preprocessing: Preprocessing, progress: bool = True) -> list[Case]:
-    """Read, resample and normalise every case of ``rows`` (labels decoded to per-class masks)."""
+def load_cases(rows: pd.DataFrame, task: Task, preprocessing: Preprocessing, progress: bool = True,
+               resample_labels: bool = False) -> list[Case]:
+    """Read, resample and normalise every case of ``rows`` (labels decoded to per-class masks). A label on
+    another grid than its image is an error, or with ``resample_labels`` resampled onto the image's grid."""
     cases = []
     for row in tqdm(list(rows.itertuples()), desc="loading", unit="case", disable=not progress, leave=False):
         image = read_volume(row.image)
         masks = None
         if row.label:
             label = read_volume(row.label)
-            if tuple(label.meta.shape) != tuple(image.meta.shape):
-                raise InputError(row.label, f"label shape {label.meta.shape} differs from image {image.meta.shape}")
-            bad = task.spec.invalid_values(label.array)
-            if bad:
-                raise InputError(row.label, f"label values {bad} outside the declared classes")
-            masks = preprocessing.masks(task.spec.masks(label.array), image.meta.spacing)
+            array = label_on_image_grid(label, image.meta, resample_labels)
+            problem = label_value_problem(array, task.spec)
+            if problem:
+                raise InputError(row.label, problem)
+            masks = preprocessing.masks(task.spec.masks(array), image.meta.spacing)
         cases.append(Case(row.case_id, row.group, preprocessing.image(image.array, image.meta.spacing), masks,
                           image.meta))
     return cases
@@ -144,7 +136,7 @@ def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
 
 
 class BatchSampler:
-    """Draws a training batch per step for a model family, with augmentation.
+    """Draws a training batch per step for a model's :class:`~seg25d.models.feeding.Feeding`, with augmentation.
 
     - ``volume``/``patches``: ``batch_size`` whole volumes (``patches``: random 3D patches of ``patch_size`` when it
       is set), padded to a common shape.
@@ -154,16 +146,15 @@ class BatchSampler:
     Returns ``(x, y)`` tensors: ``x`` (N, C', ...) and ``y`` masks (N, K, ...) as float.
     """
 
-    def __init__(self, cases: list[Case], family: str, config: dict, stack: tuple[int, int, str] = (1, 1, "clamp")):
-        self.cases, self.family = cases, family
+    def __init__(self, cases: list[Case], feeding: Feeding, config: dict):
+        self.cases, self.feeding = cases, feeding
         self.data, self.augment, self.train = config["data"], config["augment"], config["train"]
-        self.stack = stack
-        if family in ("slices", "stacks"):
+        if not feeding.three_d:
             self.slices = [(i, d) for i, c in enumerate(cases) for d in range(c.image.shape[1])]
             self.fg_slices = [(i, d) for i, c in enumerate(cases) for d in np.flatnonzero(c.masks.any(axis=(0, 2, 3)))]
 
     def batch(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.family in ("volume", "patches"):
+        if self.feeding.three_d:
             items = [self._volume_item(generator) for _ in range(int(self.train["batch_size"]))]
         else:
             items = [self._slice_item(generator) for _ in range(int(self.train["slices_per_step"]))]
@@ -176,7 +167,7 @@ class BatchSampler:
     def _volume_item(self, generator):
         case = self.cases[self._randint(len(self.cases), generator)]
         x, y = torch.from_numpy(case.image), torch.from_numpy(case.masks).float()
-        patch = (self.data.get("patch_size") or []) if self.family == "patches" else []
+        patch = (self.data.get("patch_size") or []) if self.feeding.kind == "patches" else []
         if patch:
             x, y = self._crop(x, y, [min(p, s) for p, s in zip(patch, x.shape[1:])], generator)
         return x, y
@@ -203,11 +194,9 @@ class BatchSampler:
         i, d = pool[self._randint(len(pool), generator)]
         case = self.cases[i]
         image = torch.from_numpy(case.image)
-        if self.family == "stacks":
-            from seg25d.models.slicestack import stack_indices
-
-            k, stride, edge = self.stack
-            idx = stack_indices(image.shape[1], torch.tensor([d]), k, stride, edge)[0]
+        if self.feeding.kind == "stacks":
+            f = self.feeding
+            idx = stack_indices(image.shape[1], torch.tensor([d]), f.slices, f.stride, f.edge)[0]
             x = image[:, idx].reshape(-1, *image.shape[2:])
         else:
             x = image[:, d]

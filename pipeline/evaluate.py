@@ -3,7 +3,9 @@
 For every manifest row with a label, ``<pred_dir>/<case_id><ext>`` is read, checked against the
 label's grid, decoded into per-class masks with the manifest's LabelSpec and scored with
 ``binary_metrics``. A case that cannot be scored (missing or unreadable prediction, other shape or
-geometry) becomes one row with an ``error`` message and no metrics; the other cases go on.
+geometry) becomes one row with an ``error`` message and no metrics; the other cases go on. A reference label
+holding values no class declares (or non-integer values) is scored with them as background, and says so: a
+warning line and the ``label_warning`` column of its rows.
 """
 
 from __future__ import annotations
@@ -21,14 +23,15 @@ from seg25d.pipeline.atomic import full_suffix, write_csv, write_json
 from seg25d.pipeline.provenance import command_line
 from seg25d.pipeline.errors import InputError
 from seg25d.pipeline.io import SUPPORTED_EXTENSIONS, read_volume
-from seg25d.pipeline.manifest import LabelSpec, label_spec_or_infer, read_manifest
+from seg25d.pipeline.manifest import LabelSpec, label_spec_or_infer, label_value_problem, read_manifest
 from seg25d.pipeline.metrics import EMPTY_POLICIES, METRICS, binary_metrics, summarize
+from seg25d.pipeline.outputs import check_out_dir, inside
 
 __all__ = ["COLUMNS", "AFFINE_TOLERANCE_MM", "evaluate", "find_prediction"]
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ("case_id", "class", *METRICS, "error")
+COLUMNS = ("case_id", "class", *METRICS, "label_warning", "error")
 AFFINE_TOLERANCE_MM = 1e-4
 
 
@@ -48,13 +51,15 @@ def evaluate(pred_dir: str | os.PathLike, manifest: str | os.PathLike, out_dir: 
         split: score only the manifest rows of this split (train, val or test).
 
     Returns:
-        The metrics table, columns ``COLUMNS``: one row per (case, class) with ``error`` empty, and
-        one row per failed case with ``class`` and the metrics empty and ``error`` set.
+        The metrics table, columns ``COLUMNS``: one row per (case, class) with ``error`` empty (and
+        ``label_warning`` set when the reference label holds undeclared values), and one row per failed case
+        with ``class`` and the metrics empty and ``error`` set.
 
     Raises:
-        InputError: unknown class or policy, no labelled rows to score, missing prediction folder.
+        InputError: unknown class or policy, no labelled rows to score, missing prediction folder, an ``out_dir``
+            that cannot be a folder.
     """
-    pred_dir, manifest, out_dir = Path(pred_dir), Path(manifest), Path(out_dir)
+    pred_dir, manifest, out_dir = Path(pred_dir), Path(manifest), check_out_dir(out_dir)
     if empty not in EMPTY_POLICIES:
         raise InputError(None, f"empty-mask policy must be one of {', '.join(EMPTY_POLICIES)}, got {empty!r}")
     if not pred_dir.is_dir():
@@ -78,8 +83,10 @@ def evaluate(pred_dir: str | os.PathLike, manifest: str | os.PathLike, out_dir: 
 
     frame = pd.DataFrame(rows, columns=list(COLUMNS))
     summary = summarize(frame)
+    warned = frame.dropna(subset=["label_warning"]).drop_duplicates("case_id")[["case_id", "label_warning"]]
     summary.update({"empty_policy": empty, "split": split, "n_cases": int(len(cases)),
-                    "n_failed": len(failures), "failures": failures, "pred_dir": str(pred_dir.resolve()),
+                    "n_failed": len(failures), "failures": failures, "label_warnings": warned.to_dict("records"),
+                    "pred_dir": str(pred_dir.resolve()),
                     "manifest": str(manifest.resolve()), "command": command_line()})
     write_csv(out_dir / "metrics.csv", frame)
     write_json(out_dir / "summary.json", summary)
@@ -89,9 +96,9 @@ def evaluate(pred_dir: str | os.PathLike, manifest: str | os.PathLike, out_dir: 
 def find_prediction(pred_dir: Path, case_id: str, label_path: Path) -> Path | None:
     """The prediction file for a case: ``<case_id>`` + the label's extension, else any supported one."""
     for ext in (full_suffix(label_path), *SUPPORTED_EXTENSIONS):
-        if ext and (pred_dir / f"{case_id}{ext}").is_file():
+        if ext and inside(pred_dir, f"{case_id}{ext}").is_file():
             return pred_dir / f"{case_id}{ext}"
-    if (pred_dir / case_id).is_dir():  # a DICOM series folder
+    if inside(pred_dir, case_id).is_dir():  # a DICOM series folder
         return pred_dir / case_id
     return None
 
@@ -111,17 +118,19 @@ def _score_case(case_id: str, label_path: Path, pred_dir: Path, spec: LabelSpec,
     if not offset <= AFFINE_TOLERANCE_MM:
         raise InputError(pred_path, f"prediction geometry differs from the label's (affine differs by up to "
                                     f"{offset:.3g} mm)")
-    undeclared = spec.invalid_values(pred.array)
+    warning = label_value_problem(truth.array, spec)
+    if warning:
+        log.warning("%s: %s; scored as background", label_path, warning)
+    undeclared = label_value_problem(pred.array, spec)
     if undeclared:
-        log.warning("%s: prediction holds values %s that no class declares (%s encoding); they count as background",
-                    pred_path, undeclared[:10], spec.encoding)
+        log.warning("%s: prediction: %s; scored as background", pred_path, undeclared)
     true_masks = spec.masks(truth.array)
     pred_masks = spec.masks(pred.array)
     spacing = tuple(float(s) for s in truth.meta.spacing)
     rows = []
     for k in selected:
         values = binary_metrics(pred_masks[k], true_masks[k], spacing, empty=empty)
-        rows.append({"case_id": case_id, "class": spec.classes[k], **values, "error": None})
+        rows.append({"case_id": case_id, "class": spec.classes[k], **values, "label_warning": warning, "error": None})
     return rows
 
 

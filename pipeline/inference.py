@@ -1,8 +1,9 @@
 """Patch-wise inference for inputs larger than a network's tile: 2D overlap-tile and 3D Gaussian sliding window.
 
 Both functions are pure apart from calling the network: they run under ``torch.no_grad()``, never change the
-network's train/eval mode (put it in eval mode yourself for inference), feed patches to the device of the
-network's parameters and return the logits on the device of the input.
+network's train/eval mode (put it in eval mode yourself for inference), copy the input once to the device of the
+network's parameters (pinned, non-blocking from the CPU to a GPU), assemble the output there and return the
+logits on the device of the input.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from seg25d.pipeline.device import to_device
 
 __all__ = ["overlap_tile_2d", "sliding_window_3d", "mirror_pad", "gaussian_importance_map", "window_starts",
            "largest_valid_tile"]
@@ -82,24 +85,24 @@ def _run_tiles(net, padded, starts, tile, out_core, offset, out_size, batch_size
     """Run ``net`` on ``tile``-sized crops of ``padded`` at ``starts``; write each output's ``out_core`` region
     (starting at ``offset`` inside the network output) to the output plane at the tile's start; crop to
     ``out_size``."""
-    b = padded.shape[0]
-    device = _network_device(net, padded.device)
+    b, home = padded.shape[0], padded.device
+    padded = to_device(padded, _network_device(net, home))
     (th, tw), (ch, cw), (oy, ox) = tile, out_core, offset
     plane = None
     for first in range(0, len(starts), batch_size):
         chunk = starts[first:first + batch_size]
-        batch = torch.cat([padded[..., y:y + th, x:x + tw] for y, x in chunk]).to(device)
+        batch = torch.cat([padded[..., y:y + th, x:x + tw] for y, x in chunk])
         out = _forward(net, batch)
         if out.shape[-2] < oy + ch or out.shape[-1] < ox + cw:
             raise ValueError(f"network output {tuple(out.shape[-2:])} for a {th}x{tw} tile is smaller than expected")
-        out = out[..., oy:oy + ch, ox:ox + cw].reshape(len(chunk), b, out.shape[1], ch, cw).to(padded.device)
+        out = out[..., oy:oy + ch, ox:ox + cw].reshape(len(chunk), b, out.shape[1], ch, cw)
         if plane is None:
             rows = max(y for y, _ in starts) + ch
             cols = max(x for _, x in starts) + cw
             plane = out.new_zeros((b, out.shape[2], rows, cols))
         for (y, x), piece in zip(chunk, out):
             plane[..., y:y + ch, x:x + cw] = piece
-    return plane[..., :out_size[0], :out_size[1]]
+    return plane[..., :out_size[0], :out_size[1]].to(home)
 
 
 def overlap_tile_2d(net: nn.Module, image: torch.Tensor, tile: int | Sequence[int] = 256, overlap: float = 0.25,
@@ -244,7 +247,8 @@ def sliding_window_3d(net: nn.Module, volume: torch.Tensor, roi: int | Sequence[
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if pad_mode not in ("constant", "replicate", "reflect"):
         raise ValueError(f"pad_mode must be 'constant', 'replicate' or 'reflect', got {pad_mode!r}")
-    weights = gaussian_importance_map(roi, sigma_scale, device=volume.device)
+    device = _network_device(net, volume.device)
+    weights = gaussian_importance_map(roi, sigma_scale, device=device)
 
     size = tuple(volume.shape[2:])
     pads = [((max(r - n, 0)) // 2, max(r - n, 0) - max(r - n, 0) // 2) for r, n in zip(roi, size)]
@@ -256,21 +260,21 @@ def sliding_window_3d(net: nn.Module, volume: torch.Tensor, roi: int | Sequence[
             padded = F.pad(volume, flat, mode=pad_mode)
         else:
             padded = volume
+        padded = to_device(padded, device)
         full = tuple(padded.shape[2:])
         starts = list(itertools.product(*(window_starts(n, r, o) for n, r, o in zip(full, roi, overlap))))
-        device = _network_device(net, volume.device)
         b = volume.shape[0]
         total = weight_sum = None
         for first in range(0, len(starts), batch_size):
             chunk = starts[first:first + batch_size]
             windows = [padded[:, :, z:z + roi[0], y:y + roi[1], x:x + roi[2]] for z, y, x in chunk]
-            out = _forward(net, torch.cat(windows).to(device))
+            out = _forward(net, torch.cat(windows))
             if tuple(out.shape[2:]) != roi:
                 raise ValueError(f"the network maps a {roi} window to {tuple(out.shape[2:])}; it must keep the size")
-            out = out.to(volume.device).reshape(len(chunk), b, out.shape[1], *roi)
+            out = out.reshape(len(chunk), b, out.shape[1], *roi)
             if total is None:
                 total = out.new_zeros((b, out.shape[2], *full))
-                weight_sum = torch.zeros(full, dtype=out.dtype, device=volume.device)
+                weight_sum = out.new_zeros(full)
             w = weights.to(out.dtype)
             for (z, y, x), piece in zip(chunk, out):
                 region = (slice(z, z + roi[0]), slice(y, y + roi[1]), slice(x, x + roi[2]))
@@ -278,4 +282,4 @@ def sliding_window_3d(net: nn.Module, volume: torch.Tensor, roi: int | Sequence[
                 weight_sum[region] += w
         total /= weight_sum
         crop = tuple(slice(before, before + n) for (before, _), n in zip(pads, size))
-        return total[(..., *crop)]
+        return total[(..., *crop)].to(volume.device)

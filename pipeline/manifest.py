@@ -28,10 +28,12 @@ import pandas as pd
 
 from seg25d.pipeline.atomic import write_csv, write_json
 from seg25d.pipeline.errors import InputError
+from seg25d.pipeline.outputs import safe_name
 
 __all__ = [
     "LabelSpec", "read_manifest", "write_manifest", "read_label_spec", "write_label_spec", "sidecar_path",
-    "label_spec_or_infer", "assign_splits", "check_manifest",
+    "label_spec_or_infer", "assign_splits", "check_manifest", "label_value_problem", "geometry_problem",
+    "label_on_image_grid",
     "SPLITS", "COLUMNS",
 ]
 
@@ -102,7 +104,7 @@ class LabelSpec:
     @classmethod
     def infer(cls, values: Iterable[int]) -> "LabelSpec":
         """An index spec naming each nonzero value ``class_<v>`` (``foreground`` for a binary 0/1 set)."""
-        values = sorted(int(v) for v in set(values) if v != 0) or [1]
+        values = sorted(int(v) for v in set(values) if v != 0 and float(v).is_integer()) or [1]
         names = ["foreground"] if values == [1] else [f"class_{v}" for v in values]
         return cls(tuple(names), tuple(values), "index")
 
@@ -160,8 +162,9 @@ def label_spec_or_infer(manifest: str | os.PathLike, frame: pd.DataFrame | None 
 def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
     """Load and validate a manifest; paths come back absolute, missing labels as None.
 
-    Raises InputError (naming the CSV and the row) for missing columns, empty or duplicate case ids, unknown
-    splits and empty image paths. File contents are checked by ``seg25d manifest check``.
+    Raises InputError (naming the CSV and the row) for missing columns, no rows, empty, duplicate or unsafe case
+    ids (case ids become file names: see :func:`seg25d.pipeline.outputs.safe_name`), unknown splits and empty
+    image paths. File contents are checked by ``seg25d manifest check``.
     """
     path = Path(path)
     if not path.is_file():
@@ -176,11 +179,14 @@ def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
     unknown = [c for c in frame.columns if c not in COLUMNS]
     if unknown:
         raise InputError(path, f"unknown column(s) {', '.join(unknown)}; expected {','.join(COLUMNS)}")
+    if frame.empty:
+        raise InputError(path, "no cases (the CSV has a header only)")
     frame = frame.reindex(columns=list(COLUMNS), fill_value="")
     frame = frame.apply(lambda col: col.str.strip())
     for row, (case, image, split) in enumerate(zip(frame.case_id, frame.image, frame.split), start=2):
         if not case:
             raise InputError(path, f"line {row}: empty case_id")
+        safe_name(case, path, f"line {row}: case_id")
         if not image:
             raise InputError(path, f"line {row} ({case}): empty image path")
         if split and split not in SPLITS:
@@ -215,6 +221,50 @@ def _relative(p, base: Path) -> str:
     return os.path.relpath(Path(p).resolve(), base)
 
 
+def label_value_problem(values: np.ndarray, spec: LabelSpec) -> str | None:
+    """What ``spec`` cannot decode in a label's values, in one phrase: its non-integer values (alone: they
+    name no class), else the values no class declares; None when every value is declared."""
+    values = np.unique(np.asarray(values))
+    if values.dtype.kind == "f":
+        fractional = values[values != np.round(values)]
+        if fractional.size:
+            shown = ", ".join(f"{v:g}" for v in fractional[:5]) + (", ..." if fractional.size > 5 else "")
+            return f"label volume holds non-integer values {shown}"
+    bad = spec.invalid_values(values)
+    if bad:
+        return (f"label values {bad[:10]} outside the declared classes {dict(zip(spec.classes, spec.values))} "
+                f"({spec.encoding})")
+    return None
+
+
+def geometry_problem(label, image) -> str | None:
+    """How a label's grid (VolumeMeta) differs from its image's, in one phrase; None when they match."""
+    from seg25d.pipeline.io import same_geometry
+
+    if tuple(label.shape) != tuple(image.shape):
+        return f"label shape {tuple(label.shape)} differs from image shape {tuple(image.shape)}"
+    if not same_geometry(label, image):
+        return "label geometry (spacing/origin/direction) differs from the image's"
+    return None
+
+
+def label_on_image_grid(label, image_meta, resample: bool = False) -> np.ndarray:
+    """A label Volume's array on its image's grid: the array itself when the grids match; else InputError
+    naming the label with ``manifest check``'s message or, with ``resample``, the label resampled onto the
+    image's grid (nearest neighbour in world coordinates, background outside the label)."""
+    from scipy import ndimage
+
+    problem = geometry_problem(label.meta, image_meta)
+    if problem is None:
+        return label.array
+    if not resample:
+        raise InputError(label.meta.path, f"{problem} (data.resample_labels = true resamples labels onto their "
+                                          "images)")
+    index_to_index = np.linalg.inv(np.asarray(label.meta.affine, float)) @ np.asarray(image_meta.affine, float)
+    return ndimage.affine_transform(label.array, index_to_index, output_shape=tuple(image_meta.shape),
+                                    output=label.array.dtype, order=0, mode="constant", cval=0)
+
+
 def check_manifest(path: str | os.PathLike, spec: LabelSpec | None = None) -> tuple[pd.DataFrame, list[str]]:
     """Open every file of a manifest and validate it.
 
@@ -222,7 +272,7 @@ def check_manifest(path: str | os.PathLike, spec: LabelSpec | None = None) -> tu
     each naming the file and what is wrong: unreadable or corrupt files, non-3D data, NaN/Inf voxels, labels
     whose size or geometry differs from the image, label values outside the declared classes.
     """
-    from seg25d.pipeline.io import read_volume, same_geometry
+    from seg25d.pipeline.io import read_volume
 
     frame = read_manifest(path)
     spec = spec or read_label_spec(path)
@@ -241,13 +291,9 @@ def check_manifest(path: str | os.PathLike, spec: LabelSpec | None = None) -> tu
         if case.label:
             try:
                 label = read_volume(case.label)
-                if label.array.dtype.kind == "f" and not np.array_equal(label.array, np.round(label.array)):
-                    case_problems.append(f"{case.label}: label volume holds non-integer values")
-                if image is not None and tuple(label.meta.shape) != tuple(image.meta.shape):
-                    case_problems.append(
-                        f"{case.label}: label shape {label.meta.shape} differs from image shape {image.meta.shape}")
-                elif image is not None and not same_geometry(label.meta, image.meta):
-                    case_problems.append(f"{case.label}: label geometry (spacing/origin/direction) differs from the image's")
+                problem = None if image is None else geometry_problem(label.meta, image.meta)
+                if problem:
+                    case_problems.append(f"{case.label}: {problem}")
                 labels[case.case_id] = (case.label, np.unique(label.array))
             except InputError as err:
                 case_problems.append(str(err))
@@ -261,10 +307,9 @@ def check_manifest(path: str | os.PathLike, spec: LabelSpec | None = None) -> tu
     for i, row in table.iterrows():
         if row.case_id in labels:
             label_path, values = labels[row.case_id]
-            bad = spec.invalid_values(values)
-            if bad:
-                problems.append(f"{label_path}: label values {bad} outside the declared classes "
-                                f"{dict(zip(spec.classes, spec.values))} ({spec.encoding})")
+            problem = label_value_problem(values, spec)
+            if problem:
+                problems.append(f"{label_path}: {problem}")
                 table.loc[i, "status"] = "problem"
             present = [c for c, m in zip(spec.classes, spec.masks(values)) if m.any()]
             table.loc[i, "classes"] = (",".join(present) if len(present) <= 4 else f"{len(present)} classes") or "-"

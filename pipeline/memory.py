@@ -3,6 +3,7 @@
 ``with PeakMemory() as m: ...`` resets the process's high-water mark, remembers the resident set size
 at entry, and after the block ``m.extra_mb`` is the peak resident memory above that baseline: the extra
 memory the block needed, including memory it freed again. Elsewhere (no ``/proc``) ``extra_mb`` is None.
+:class:`StepMemory` measures every training step this way (a training callback the benchmarks install).
 
 Caveat: glibc keeps freed memory for reuse (its mmap threshold grows after large frees), so a block that
 reuses memory freed by an earlier one shows little growth. Benchmarks that report peak memory therefore
@@ -15,10 +16,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["PeakMemory", "resident_mb", "MEASURE_ENV"]
+from seg25d.pipeline.callbacks import TrainerCallback
+
+__all__ = ["PeakMemory", "StepMemory", "resident_mb", "MEASURE_ENV", "ENV"]
 
 #: environment for a process whose resident memory should track its live tensors (see the module docstring)
 MEASURE_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
+#: ``seg25d train`` installs :class:`StepMemory` when this environment variable is "1"
+ENV = "SEG25D_STEP_MEMORY"
 
 _STATUS = Path("/proc/self/status")
 _CLEAR = Path("/proc/self/clear_refs")
@@ -59,3 +64,18 @@ class PeakMemory:
         peak = _status_kb("VmHWM")
         if self._baseline is not None and peak is not None:
             self.extra_mb = max(0, peak - self._baseline) / 1024
+
+
+class StepMemory(TrainerCallback):
+    """Training callback: adds ``peak_extra_mb``, the step's peak extra resident memory, to each metrics row."""
+
+    def __init__(self):
+        self._memory: PeakMemory | None = None
+
+    def before_step(self, trainer) -> None:
+        self._memory = PeakMemory().__enter__()
+
+    def after_step(self, trainer, row: dict) -> None:
+        self._memory.__exit__(None, None, None)
+        extra = self._memory.extra_mb
+        row["peak_extra_mb"] = None if extra is None else round(extra, 1)

@@ -9,9 +9,10 @@ Output layout in ``out_dir``:
 - ``probabilities/<case_id>_<class><ext>`` (with ``probabilities=True``): float32 per-class probabilities.
 - ``failures.csv``: cases that could not be predicted and why (only when some failed).
 
-A failed case never stops the batch; files are written atomically; cases already predicted (with their
-probability maps when ``probabilities``) are skipped unless ``overwrite``. Under ``torchrun`` the cases are
-sharded over the processes.
+A failed case never stops the batch; files are written atomically, only inside ``out_dir`` and never over an
+input; cases already predicted (with their probability maps when ``probabilities``) are skipped unless
+``overwrite``; temporary files a killed run left are removed when their case starts again. Under ``torchrun``
+the cases are sharded over the processes.
 """
 
 from __future__ import annotations
@@ -26,12 +27,13 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from seg25d.pipeline.atomic import full_suffix, write_csv, write_json
+from seg25d.pipeline.atomic import full_suffix, remove_stale_temporaries, write_csv, write_json
 from seg25d.pipeline.checkpoint import load_checkpoint, load_model
 from seg25d.pipeline.provenance import command_line
 from seg25d.pipeline.errors import InputError
 from seg25d.pipeline.io import read_volume, write_mask, write_volume
 from seg25d.pipeline.manifest import LabelSpec, read_manifest
+from seg25d.pipeline.outputs import check_out_dir, inside, make_out_dir, safe_name
 from seg25d.pipeline.preprocess import Preprocessing
 from seg25d.pipeline.volume_inference import predict_probabilities, probabilities_to_masks
 
@@ -54,6 +56,8 @@ class Predictor:
         payload = load_checkpoint(checkpoint)
         self.model = load_model(checkpoint, payload)
         self.spec = LabelSpec.from_dict(payload["task"])
+        for name in self.spec.classes:  # they name the probability maps
+            safe_name(name, checkpoint, "class name")
         self.sigmoid = bool(payload["sigmoid"])
         self.preprocessing = Preprocessing.from_dict(payload["preprocessing"])
 
@@ -71,6 +75,8 @@ def jobs_from_manifest(manifest, split: str | None = None) -> list[PredictionJob
     frame = read_manifest(manifest)
     if split:
         frame = frame[frame.split == split]
+        if frame.empty:
+            raise InputError(manifest, f"no cases in split {split!r}")
     jobs = []
     for row in frame.itertuples():
         ext = ".nii.gz" if Path(row.image).is_dir() else full_suffix(row.image).lower()
@@ -100,9 +106,10 @@ def _shard(jobs: list[PredictionJob]) -> tuple[list[PredictionJob], int, int]:
 def predict_batch(checkpoint, jobs: list[PredictionJob], out_dir, probabilities: bool = False, tta: bool = False,
                   overwrite: bool = False, progress: bool = True) -> dict:
     """Predict every job; returns counts and the failures (also written to ``out_dir/failures.csv``)."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    predictor = Predictor(checkpoint)
+    out_dir = check_out_dir(out_dir)
+    predictor = Predictor(checkpoint)  # a refused checkpoint leaves no output folder behind
+    make_out_dir(out_dir)
+    inputs = {Path(job.image).resolve() for job in jobs}
     mine, rank, world = _shard(jobs)
     if rank == 0:
         write_json(out_dir / "labels.json", predictor.spec.to_dict())
@@ -112,14 +119,20 @@ def predict_batch(checkpoint, jobs: list[PredictionJob], out_dir, probabilities:
     start = time.perf_counter()
     bar = tqdm(mine, desc="predict", unit="vol", disable=not progress or rank != 0, dynamic_ncols=True)
     for job in bar:
-        target = out_dir / job.name
-        ext = full_suffix(job.name)
-        maps = [out_dir / "probabilities" / f"{job.case_id}_{name}{ext}" for name in predictor.spec.classes]
-        finished = target.exists() and (not probabilities or all(m.exists() for m in maps))
-        if finished and not overwrite:
-            skipped += 1
-            continue
         try:
+            target = inside(out_dir, job.name)
+            ext = full_suffix(job.name)
+            maps = [inside(out_dir / "probabilities", f"{job.case_id}_{name}{ext}") for name in predictor.spec.classes]
+            outputs = [target, *maps] if probabilities else [target]
+            for path in outputs:
+                if path.resolve() in inputs:
+                    raise InputError(job.image, f"output {path} is an input of this batch; predict into another --out")
+                if path.is_dir():
+                    raise InputError(job.image, f"output {path} exists as a folder")
+                remove_stale_temporaries(path)
+            if all(path.exists() for path in outputs) and not overwrite:
+                skipped += 1
+                continue
             volume = read_volume(job.image)
             probs = predictor.probabilities(volume, tta=tta)
             if probabilities:
@@ -130,7 +143,8 @@ def predict_batch(checkpoint, jobs: list[PredictionJob], out_dir, probabilities:
         except InputError as err:
             failures.append({"case_id": job.case_id, "image": job.image, "reason": err.problem})
         except Exception as err:  # one bad case never stops the batch
-            log.exception("case %s failed", job.case_id)
+            log.warning("case %s failed: %s: %s", job.case_id, type(err).__name__, err)
+            log.debug("case %s failed", job.case_id, exc_info=True)
             failures.append({"case_id": job.case_id, "image": job.image, "reason": f"{type(err).__name__}: {err}"})
         minutes = (time.perf_counter() - start) / 60
         bar.set_postfix(vol_per_min=f"{done / max(minutes, 1e-9):.1f}", failed=len(failures), refresh=False)

@@ -19,6 +19,7 @@ import pandas as pd
 
 from seg25d.pipeline.atomic import write_text
 from seg25d.pipeline.errors import InputError
+from seg25d.pipeline.outputs import check_out_dir, inside, safe_name
 
 __all__ = ["write_report"]
 
@@ -56,6 +57,8 @@ def _case_overlays(summary: dict, metrics: pd.DataFrame, figures: Path) -> list[
     if per_case.empty:
         return []
     picks = {"worst": per_case.index[0], "median": per_case.index[len(per_case) // 2], "best": per_case.index[-1]}
+    for case_id in picks.values():  # they name the figure files
+        safe_name(str(case_id), figures.parent / "metrics.csv")
     rows = read_manifest(manifest).set_index("case_id")
     spec = read_label_spec(manifest)
     out = []
@@ -66,7 +69,7 @@ def _case_overlays(summary: dict, metrics: pd.DataFrame, figures: Path) -> list[
         pred = read_volume(find_prediction(pred_dir, case_id, Path(row.label))).array
         truth_fg = spec.masks(truth).any(0) if spec else truth > 0
         pred_fg = spec.masks(pred).any(0) if spec else pred > 0
-        path = figures / f"{tag}_{case_id}.png"
+        path = inside(figures, f"{tag}_{case_id}.png")
         mip_overlay(image.array.astype(np.float32), truth_fg, pred_fg, image.meta.spacing, path,
                     title=f"{tag}: {case_id}, mean Dice {per_case[case_id]:.3f}")
         out.append((f"{tag} case: {case_id} (mean Dice {per_case[case_id]:.3f})", path))
@@ -78,6 +81,10 @@ def write_report(folder: str | os.PathLike, out: str | os.PathLike | None = None
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(folder, "not a folder")
+    if out is not None:
+        if Path(out).is_dir():
+            raise InputError(out, "--out is a folder; give the HTML file to write")
+        check_out_dir(Path(out).parent, "--out's folder")
     summary = _read_json(folder / "summary.json")
     run_dir = folder if (folder / "config.json").is_file() else None
     commands: list[str] = []
@@ -90,7 +97,8 @@ def write_report(folder: str | os.PathLike, out: str | os.PathLike | None = None
     elif run_dir is None:
         raise InputError(folder, "holds neither an evaluation (summary.json) nor a training run (config.json)")
     if run_dir is not None:
-        commands.insert(0, _read_json(run_dir / "run.json").get("command", ""))
+        run = _read_json(run_dir / "run.json")
+        commands[:0] = run.get("commands") or [run.get("command", "")]
     figures = folder / "report_figures"
     figures.mkdir(exist_ok=True)
     parts = [f"<h1>seg25d report: {html.escape(folder.name)}</h1>"]

@@ -1,10 +1,12 @@
-"""Training for every registered model: one loop, the two-path scheme for ``projection25d``, runs that survive.
+"""Training for every registered model: one loop, the paper's two-path schedule where a model has it, runs that
+survive.
 
 ``train(config, out_dir)`` writes into ``out_dir``: ``config.json`` (resolved), ``last.pt`` (every
 ``train.checkpoint_every`` steps and at the end), ``best.pt`` (best mean validation Dice, or lowest training
 loss without validation cases), ``metrics.csv`` (one row per step: path, losses, learning rate, the step's
-seconds and peak extra resident memory, total time; validation Dice per class on validation steps),
-``curves.png`` and ``run.json`` (the command line). ``train(..., resume=True)`` continues from ``last.pt``.
+seconds, total time; validation Dice per class on validation steps), ``curves.png`` and ``run.json`` (the
+command lines: the first and every resume). ``train(..., resume=True)`` continues from ``last.pt``. How a model
+is fed, and whether it has the two paths, is its :class:`~seg25d.models.feeding.Feeding`.
 
 Reproducibility: each step's batch, augmentation and random views come from generators seeded by
 ``(seed, step, rank)``, and the optimiser and scheduler states are checkpointed, so a run killed at any point
@@ -17,7 +19,8 @@ bf16 natively; weights, optimiser and losses stay fp32); validation runs in fp32
 Data parallel: under ``torchrun --nproc_per_node=N`` each rank draws its own batch (rank in the seed),
 gradients are averaged with DistributedDataParallel (gloo: training runs on the CPU), and only rank 0 writes.
 
-Turns: started by ``bench compare`` (:mod:`seg25d.pipeline.turns`), a run trains only while it holds the turn.
+Callbacks (:class:`TrainerCallback`) see every step and validation; the benchmarks install theirs (turns on
+a shared machine, each step's peak memory) this way, and plain training runs none.
 """
 
 from __future__ import annotations
@@ -34,21 +37,22 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from seg25d.models import build
-from seg25d.models.projection25d import Projection25D, resolve_scale
+from seg25d.models import build, feeding_of
+from seg25d.models.projection25d import resolve_scale
 from seg25d.pipeline.atomic import write_csv, write_json
+from seg25d.pipeline.cache import prepare_data, resolve_cache_dir
+from seg25d.pipeline.callbacks import TrainerCallback
 from seg25d.pipeline.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from seg25d.pipeline.data import BatchSampler, load_cases, model_family, split_manifest, step_generator, task_for
+from seg25d.pipeline.data import BatchSampler, load_cases, split_manifest, step_generator, task_for
 from seg25d.pipeline.errors import InputError
+from seg25d.pipeline.loader import BatchLoader, resolve_workers
 from seg25d.pipeline.losses import segmentation_loss
-from seg25d.pipeline.memory import PeakMemory
 from seg25d.pipeline.metrics import dice_per_class
 from seg25d.pipeline.preprocess import Preprocessing
-from seg25d.pipeline.provenance import command_line
-from seg25d.pipeline.turns import TurnTaker
+from seg25d.pipeline.provenance import run_commands
 from seg25d.pipeline.volume_inference import predict_probabilities, probabilities_to_masks
 
-__all__ = ["train", "TrainResult", "SCHEDULES"]
+__all__ = ["train", "TrainResult", "TrainerCallback", "SCHEDULES"]
 
 log = logging.getLogger(__name__)
 SCHEDULES = ("path1", "path1_then_path2", "alternate")
@@ -57,7 +61,7 @@ PRECISIONS = ("auto", "fp32", "bf16")
 
 def resolve_precision(precision: str) -> str:
     """``"fp32"`` or ``"bf16"`` for ``train.precision``: ``"auto"`` is bf16 on CPUs that compute it natively
-    (AVX512-BF16 or AMX; measured here 1.7x faster steps) and fp32 elsewhere, where bf16 is emulated."""
+    (faster steps) and fp32 elsewhere, where bf16 is emulated."""
     if precision not in PRECISIONS:
         raise InputError("train.precision", f"must be one of {PRECISIONS}, got {precision!r}")
     if precision != "auto":
@@ -128,13 +132,17 @@ def _load_data(config: dict, main: bool):
     if not manifest:
         raise InputError("data.manifest", "no manifest given; e.g. --set data.manifest=DIR/manifest.csv "
                                           "(seg25d synth vessels --out DIR makes one)")
+    cache = resolve_cache_dir(config["data"]["cache"])
+    if cache is not None:  # preprocessed once to disk, read memory-mapped (seg25d.pipeline.cache)
+        return prepare_data(config, cache, progress=main and config["train"]["progress"])
     task = task_for(manifest)
     train_rows, val_rows = split_manifest(manifest, config["data"], seed=int(config["train"]["seed"]))
     data = config["data"]
     prep = Preprocessing(data["spacing"] or None, data["normalize"], list(data["percentiles"]))
     raw = Preprocessing(prep.spacing, "none")
-    train_cases = load_cases(train_rows, task, raw, progress=main and config["train"]["progress"])
-    val_cases = load_cases(val_rows, task, raw, progress=main and config["train"]["progress"])
+    progress, resample = main and config["train"]["progress"], bool(data["resample_labels"])
+    train_cases = load_cases(train_rows, task, raw, progress=progress, resample_labels=resample)
+    val_cases = load_cases(val_rows, task, raw, progress=progress, resample_labels=resample)
     prep.fit([c.image for c in train_cases])
     for case in train_cases + val_cases:
         case.image = prep.normalise(case.image)
@@ -142,8 +150,9 @@ def _load_data(config: dict, main: bool):
 
 
 class _Trainer:
-    def __init__(self, config: dict, out_dir: Path, resume: bool):
+    def __init__(self, config: dict, out_dir: Path, resume: bool, callbacks=()):
         self.config, self.out_dir = config, Path(out_dir)
+        self.callbacks = list(callbacks)
         self.dist = _Distributed()
         tc = config["train"]
         threads = int(tc["threads"]) or (max(1, (os.cpu_count() or 1) // self.dist.world) if self.dist.enabled else 0)
@@ -168,9 +177,8 @@ class _Trainer:
             self.model = build(mc["name"], in_channels, self.task.out_channels, **options)
         except ValueError as err:
             raise InputError("model", str(err)) from None
-        self.family = model_family(mc["name"])
-        paddings = (getattr(self.model, "padding", None), getattr(getattr(self.model, "net", None), "padding", None))
-        if "valid" in paddings:  # a valid-padding U-Net, or a slice-stack model's backbone
+        self.feeding = feeding_of(self.model)
+        if self.feeding.padding == "valid":
             raise InputError("model.options.padding", "valid convolutions give outputs smaller than the labels; "
                                                       "train with padding='same' (valid nets are for overlap-tile "
                                                       "inference)")
@@ -180,9 +188,8 @@ class _Trainer:
                              else ("exclusive softmax", "ce_dice or dice"))
             raise InputError("loss.kind", f"{lc['kind']} does not fit {outputs} outputs of classes "
                                           f"{', '.join(self.task.classes)}; use {need}")
-        stack = tuple(getattr(self.model, k, d) for k, d in (("slices", 1), ("stride", 1), ("edge", "clamp")))
-        self.sampler = BatchSampler(self.train_cases, self.family, config, stack=stack)
-        self.projection = isinstance(self.model, Projection25D)
+        self.sampler = BatchSampler(self.train_cases, self.feeding, config)
+        self.two_paths = self.feeding.two_paths
         self.step, self.best, self.elapsed, self.path2_started = 0, -math.inf, 0.0, False
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=float(tc["lr"]),
                                            weight_decay=float(tc["weight_decay"]))
@@ -195,7 +202,6 @@ class _Trainer:
         elif self.dist.main and (self.out_dir / "last.pt").exists():
             raise InputError(self.out_dir, "holds a run already (last.pt); use --resume to continue or another --out")
         self.ddp = (torch.nn.parallel.DistributedDataParallel(self.model) if self.dist.enabled else None)
-        self.turns = None if self.dist.enabled else TurnTaker.from_environment()  # bench compare's turns
 
     # --- state ----------------------------------------------------------------------------------------------
     def _payload(self) -> dict:
@@ -217,7 +223,7 @@ class _Trainer:
         changed = [f"{section}.{key}" for section in ("data", "model", "loss")
                    for key in set(self.config[section]) | set(state["config"][section])
                    if self.config[section].get(key) != state["config"][section].get(key)
-                   and (section, key) != ("data", "manifest")]  # a moved dataset or run folder may resume
+                   and (section, key) not in (("data", "manifest"), ("data", "cache"))]  # moved data may resume
         if changed:
             raise InputError(path, f"was trained with other settings ({', '.join(sorted(changed))}); resume with "
                                    "the same data, model and loss (train.* and augment.* may change)")
@@ -251,8 +257,8 @@ class _Trainer:
         return max(by_steps, self.elapsed / limit) if limit else by_steps
 
     def _path(self) -> int:
-        """1 or 2 for projection25d (seed 002's two paths), 0 for other models."""
-        if not self.projection:
+        """1 or 2 for models with the paper's two paths, 0 for other models."""
+        if not self.two_paths:
             return 0
         tc = self.config["train"]
         if tc["schedule"] == "alternate":
@@ -303,14 +309,15 @@ class _Trainer:
             self.dist.average_gradients(self.model.parameters())
         self.optimizer.step()
         row.update(loss=loss.item(), loss_main=main.item(), loss_aux=aux.item() if aux is not None else np.nan,
-                   lr=self.optimizer.param_groups[0]["lr"])
+                   lr=self.optimizer.param_groups[0]["lr"], data_seconds=round(self.batches.data_seconds, 4)
+                   if path != 2 else 0.0)
         self.scheduler.step()
         return row
 
     def _forward(self, path: int, generator: torch.Generator) -> tuple:
         """The step's losses ``(total, main, auxiliary or None)``."""
         if path == 2:
-            if not all(not p.requires_grad for p in self.model.unet.parameters()):
+            if not self.model.unet_frozen:
                 self.model.freeze_unet(True)
             index = int(torch.randint(len(self.train_cases), (1,), generator=generator))
             case = self.train_cases[index]
@@ -320,13 +327,13 @@ class _Trainer:
             loss = main = self._loss(logits, torch.from_numpy(case.masks)[None].float())
             aux = None
         else:
-            if self.projection and self.model.unet_frozen:
+            if self.two_paths and self.model.unet_frozen:
                 self.model.freeze_unet(False)
                 self.feature_cache.clear()  # the U-Net trains again: cached path-2 features go stale
-            x, y = self.sampler.batch(generator)
+            x, y = self.batches.batch(self.step)  # self.sampler.batch(generator), made ahead by the loader
             net = self.ddp or self.model
             aux = None
-            if self.projection and self.model.aux_loss:
+            if self.two_paths and self.model.aux_loss:
                 logits, (view_logits, views) = net(x, return_views=True)
                 main = self._loss(logits, y)
                 aux = self._aux_loss(view_logits, y, views)
@@ -366,33 +373,38 @@ class _Trainer:
         if self.dist.main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             write_json(self.out_dir / "config.json", self.config)
-            write_json(self.out_dir / "run.json", {"command": command_line(), "resumed_at_step": self.step,
+            write_json(self.out_dir / "run.json", {"commands": run_commands(self.out_dir / "run.json", self.step > 0),
+                                                   "resumed_at_step": self.step,
                                                    "precision": self.precision,
                                                    "world_size": self.dist.world})
         stopped_by_time = False
         bar = tqdm(total=max_steps, initial=self.step, desc=f"train {self.model.config['name']}", unit="step",
                    disable=not (self.dist.main and tc["progress"]), dynamic_ncols=True)
         checkpoint_every, val_every = int(tc["checkpoint_every"]), int(tc["val_every"])
+        self.batches = BatchLoader(self.sampler, self.seed, self.dist.rank, self.step, max_steps,
+                                   resolve_workers(tc["workers"], self.dist.world))
         while self.step < max_steps:
             if self.dist.any(bool(limit) and self.elapsed >= limit):  # a resumed run whose time is up
                 stopped_by_time = True
                 break
-            if self.turns:
-                self.turns.hold(self.elapsed)
+            for callback in self.callbacks:
+                callback.before_step(self)
             start = time.perf_counter()
             path = self._path()
-            with PeakMemory() as memory:
-                row = self._train_step(path)
+            row = self._train_step(path)
             self.step += 1
             step_seconds = time.perf_counter() - start
             self.elapsed += step_seconds
-            row.update(step_seconds=round(step_seconds, 4), seconds=round(self.elapsed, 3),
-                       peak_extra_mb=None if memory.extra_mb is None else round(memory.extra_mb, 1))
+            row.update(step_seconds=round(step_seconds, 4), seconds=round(self.elapsed, 3))
+            for callback in self.callbacks:
+                callback.after_step(self, row)
             out_of_time = self.dist.any(bool(limit) and self.elapsed >= limit)
             last = self.step >= max_steps or out_of_time
             if self.dist.main and (self.step % val_every == 0 or last):
                 scores = self.validate()
                 row.update(scores)
+                for callback in self.callbacks:
+                    callback.after_validation(self, scores)
                 score = scores.get("val_dice_mean", -row["loss"])
                 if score > self.best:
                     self.best = score
@@ -409,11 +421,14 @@ class _Trainer:
                 stopped_by_time = self.step < max_steps
                 break
         bar.close()
+        self.batches.close()
         best = self.out_dir / "best.pt"
         return TrainResult(self.out_dir, self.step, self.best if self.val_cases else None, self.out_dir / "last.pt",
                            best if best.exists() else None, stopped_by_time)
 
 
-def train(config: dict, out_dir: str | os.PathLike, resume: bool = False) -> TrainResult:
-    """Train the configured model into ``out_dir`` (see the module docstring)."""
-    return _Trainer(config, Path(out_dir), resume).run()
+def train(config: dict, out_dir: str | os.PathLike, resume: bool = False,
+          callbacks: list[TrainerCallback] | tuple = ()) -> TrainResult:
+    """Train the configured model into ``out_dir`` (see the module docstring), calling ``callbacks`` around
+    every step and validation."""
+    return _Trainer(config, Path(out_dir), resume, callbacks).run()

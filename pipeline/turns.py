@@ -8,7 +8,8 @@ time, always the one furthest behind; each model sees every stretch of the run i
 Protocol (pipes named by ``SEG25D_TURNS=read_fd,write_fd`` in the trainer's environment): the trainer writes
 ``wait <step seconds so far>`` and blocks until it reads ``go <seconds>``; then it trains until its step
 seconds pass that mark and waits again. A trainer keeps the turn until it exits (its last validation,
-checkpoints and logs).
+checkpoints and logs). On the trainer's side this is :class:`TurnTaker`, a training callback that
+``seg25d train`` installs when the variable is set.
 """
 
 from __future__ import annotations
@@ -21,14 +22,16 @@ import time
 from pathlib import Path
 from typing import NamedTuple, TextIO
 
+from seg25d.pipeline.callbacks import TrainerCallback
+
 __all__ = ["ENV", "TURN_SECONDS", "TurnTaker", "Outcome", "run_in_turns"]
 
 ENV = "SEG25D_TURNS"
 TURN_SECONDS = 5.0  # bench compare's default turn, in seconds of a model's own training steps
 
 
-class TurnTaker:
-    """A trainer's side: call :meth:`hold` before every step with the run's step seconds so far."""
+class TurnTaker(TrainerCallback):
+    """A trainer's side: :meth:`hold` before every step with the run's step seconds so far."""
 
     def __init__(self, receive: TextIO, send: TextIO):
         self._receive, self._send, self._until = receive, send, None
@@ -40,6 +43,9 @@ class TurnTaker:
             return None
         read_fd, write_fd = (int(fd) for fd in value.split(","))
         return cls(os.fdopen(read_fd, "r"), os.fdopen(write_fd, "w"))
+
+    def before_step(self, trainer) -> None:
+        self.hold(trainer.elapsed)
 
     def hold(self, elapsed: float) -> None:
         """Return at once while this turn lasts; else hand the turn back and wait for the next."""
@@ -81,21 +87,23 @@ class _Player:
             self.send.close()
 
 
-def run_in_turns(commands: list[list[str]], logs: list[Path], turn_seconds: float) -> list[Outcome]:
-    """Run training ``commands`` (stderr to ``logs``) in turns of ``turn_seconds``; ``turn_seconds <= 0`` runs
-    them one after the other instead."""
+def run_in_turns(commands: list[list[str]], logs: list[Path], turn_seconds: float,
+                 env: dict | None = None) -> list[Outcome]:
+    """Run training ``commands`` (stderr to ``logs``, ``env`` added to the environment) in turns of
+    ``turn_seconds``; ``turn_seconds <= 0`` runs them one after the other instead."""
+    env = {**os.environ, **(env or {})}
     if turn_seconds <= 0:
         results = []
         for command, log in zip(commands, logs):
             start = time.perf_counter()
             with Path(log).open("w") as err:
-                status = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=err).returncode
+                status = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=err, env=env).returncode
             results.append(Outcome(status, time.perf_counter() - start, 0))
         return results
     players: list[_Player] = []
     try:
         for command, log in zip(commands, logs):
-            players.append(_start(command, Path(log)))
+            players.append(_start(command, Path(log), env))
         for player in players:  # every trainer has loaded its data and waits for a first turn
             player.await_turn_end()
         while active := [p for p in players if not p.done]:
@@ -117,10 +125,10 @@ def run_in_turns(commands: list[list[str]], logs: list[Path], turn_seconds: floa
     return [Outcome(p.process.returncode, p.held, p.turns) for p in players]
 
 
-def _start(command: list[str], log: Path) -> _Player:
+def _start(command: list[str], log: Path, env: dict) -> _Player:
     child_reads, parent_writes = os.pipe()
     parent_reads, child_writes = os.pipe()
-    env = {**os.environ, ENV: f"{child_reads},{child_writes}"}
+    env = {**env, ENV: f"{child_reads},{child_writes}"}
     try:
         with log.open("w") as err:
             process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err, env=env,

@@ -1,10 +1,10 @@
-"""Whole-volume prediction for every model family, on the preprocessed working grid.
+"""Whole-volume prediction for every model, on the preprocessed working grid, as its feeding says.
 
-- ``projection25d``: the whole volume through all ``P`` views at once.
-- ``slicestack25d``: every slice with its neighbours stacked.
-- 2D networks (``unet2d``, ``segnet``, ``unetpp``): slice by slice; overlap-tile inference for slices larger
-  than ``tile`` or for valid-padding U-Nets.
-- ``unet3d``: the whole volume when it has at most ``max_voxels`` voxels, else a Gaussian-blended sliding window.
+- ``volume`` (``projection25d``) and ``stacks`` (``slicestack25d``): the model takes the whole volume.
+- ``slices`` (2D networks): slice by slice; overlap-tile inference for slices larger than ``tile`` or for
+  valid-padding networks.
+- ``patches`` (3D networks): the whole volume when it has at most ``max_voxels`` voxels, else a
+  Gaussian-blended sliding window.
 """
 
 from __future__ import annotations
@@ -12,15 +12,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from seg25d.models.projection25d import Projection25D
-from seg25d.models.slicestack import SliceStack25D
+from seg25d.models.feeding import feeding_of
 from seg25d.pipeline.inference import overlap_tile_2d, sliding_window_3d
 
 __all__ = ["predict_logits", "predict_probabilities", "logits_to_probabilities", "probabilities_to_masks"]
-
-
-def _is_3d(model: torch.nn.Module) -> bool:
-    return getattr(model, "spatial_dims", 2) == 3
 
 
 @torch.no_grad()
@@ -30,14 +25,15 @@ def predict_logits(model: torch.nn.Module, x: torch.Tensor, tile: int = 512, roi
     was_training = model.training
     model.eval()
     try:
-        if isinstance(model, (Projection25D, SliceStack25D)):
+        feeding = feeding_of(model)
+        if feeding.kind in ("volume", "stacks"):
             return model(x)
-        if _is_3d(model):
+        if feeding.kind == "patches":
             if x[0, 0].numel() <= max_voxels:
                 return model(x)
             return sliding_window_3d(model, x, roi=tuple(min(r, n) for r, n in zip(roi, x.shape[2:])))
         b, c, d, h, w = x.shape
-        valid = getattr(model, "padding", "same") == "valid"
+        valid = feeding.padding == "valid"
         outs = []
         for start in range(0, d, slice_batch):
             slices = x[:, :, start:start + slice_batch].transpose(1, 2).reshape(-1, c, h, w)

@@ -16,6 +16,7 @@ of one plane and every gather moves a contiguous run of ``N_a * B * C`` values.
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from seg25d.projections.footprint import cell_weights
 from seg25d.projections.geometry import plane_axes
@@ -38,7 +39,7 @@ def splat_matrix(geometry, views: np.ndarray) -> tuple[np.ndarray, np.ndarray, n
         e_u = geometry.u_axes[view]
         centres = ((xp * e_u[p] + xq * e_u[q]) / du + (u_count - 1) / 2).ravel()
         widths = (s_p * abs(e_u[p]) / du, s_q * abs(e_u[q]) / du)
-        index, weight = cell_weights(centres, widths, u_count)
+        index, weight = (t.numpy() for t in cell_weights(torch.from_numpy(centres), widths, u_count))
         keep = weight > 0
         rows.append(k * u_count + index[keep])
         cols.append(np.broadcast_to(voxel[:, None], index.shape)[keep])

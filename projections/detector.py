@@ -25,12 +25,12 @@ def resample_views(y: torch.Tensor, source: Geometry, target: Geometry, scale: f
     """
     b, c, p, vs, us = y.shape
     vt, ut = target.detector_shape
-    dt = torch.float64
-    cols = (torch.arange(ut, dtype=dt) - (ut - 1) / 2) * target.du / (scale * source.du) + (us - 1) / 2
+    dt, device = torch.float64, y.device
+    cols = (torch.arange(ut, dtype=dt, device=device) - (ut - 1) / 2) * target.du / (scale * source.du) + (us - 1) / 2
     grids = []
     for view in range(p):
         axis = target.axes[view]
-        r = torch.arange(vt, dtype=dt)
+        r = torch.arange(vt, dtype=dt, device=device)
         if axis >= 0:
             position = (r - target.row_offset(axis) - (target.shape[axis] - 1) / 2) * target.spacing[axis]
             rows = position / (scale * source.spacing[axis]) + (source.shape[axis] - 1) / 2 + source.row_offset(axis)
@@ -38,7 +38,7 @@ def resample_views(y: torch.Tensor, source: Geometry, target: Geometry, scale: f
             rows = (r - (vt - 1) / 2) * target.du / (scale * source.du) + (vs - 1) / 2
         gy, gx = torch.meshgrid(2 * rows / max(vs - 1, 1) - 1, 2 * cols / max(us - 1, 1) - 1, indexing="ij")
         grids.append(torch.stack([gx, gy], dim=-1))
-    grid = torch.stack(grids).to(device=y.device, dtype=y.dtype).repeat(b, 1, 1, 1)
+    grid = torch.stack(grids).to(y.dtype).repeat(b, 1, 1, 1)
     flat = y.transpose(1, 2).reshape(b * p, c, vs, us)
     out = F.grid_sample(flat, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
     return out.view(b, p, c, vt, ut).transpose(1, 2)

@@ -17,33 +17,35 @@ from __future__ import annotations
 import itertools
 import math
 
-import numpy as np
+import torch
 
 __all__ = ["box_sum_cdf", "cell_weights"]
 
 _TINY = 1e-7
 
 
-def box_sum_cdf(t: np.ndarray, widths) -> np.ndarray:
-    """Distribution function of the sum of centred uniforms of the given widths (zero widths ignored)."""
+def box_sum_cdf(t: torch.Tensor, widths) -> torch.Tensor:
+    """Distribution function of the sum of centred uniforms of the given widths (zero widths ignored), in
+    float64 on ``t``'s device."""
     widths = [float(w) for w in widths if w > _TINY]
-    t = np.asarray(t, dtype=np.float64)
+    t = t.to(torch.float64)
     if not widths:
-        return (t >= 0).astype(np.float64)
+        return (t >= 0).to(torch.float64)
     n = len(widths)
-    total = np.zeros_like(t)
+    total = torch.zeros_like(t)
     for signs in itertools.product((1, -1), repeat=n):
         shift = sum(s * w for s, w in zip(signs, widths)) / 2
-        total += math.prod(signs) * np.maximum(t + shift, 0.0) ** n
-    return np.clip(total / (math.factorial(n) * math.prod(widths)), 0.0, 1.0)
+        total += math.prod(signs) * (t + shift).clamp_min(0.0) ** n
+    return (total / (math.factorial(n) * math.prod(widths))).clamp(0.0, 1.0)
 
 
-def cell_weights(centres: np.ndarray, widths, cells: int) -> tuple[np.ndarray, np.ndarray]:
+def cell_weights(centres: torch.Tensor, widths, cells: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Detector cells hit by each footprint and the share of its mass in each.
 
     Args:
-        centres: footprint centres in cell units (cell ``j`` spans ``[j - 0.5, j + 0.5]``), shape ``(N,)``.
-        widths: the box widths in cell units.
+        centres: footprint centres in cell units (cell ``j`` spans ``[j - 0.5, j + 0.5]``), shape ``(N,)``
+            float64, on any device (the results are on it).
+        widths: the box widths in cell units (floats).
         cells: number of detector cells (footprint parts outside are dropped).
 
     Returns:
@@ -51,10 +53,10 @@ def cell_weights(centres: np.ndarray, widths, cells: int) -> tuple[np.ndarray, n
         the cells inside the detector.
     """
     half = sum(w for w in widths if w > _TINY) / 2
-    first = np.floor(centres - half + 0.5).astype(np.int64)
+    first = torch.floor(centres - half + 0.5).long()
     n = int(math.ceil(2 * half)) + 1
-    index = first[:, None] + np.arange(n)[None, :]
+    index = first[:, None] + torch.arange(n, device=centres.device)[None, :]
     rel = index - centres[:, None]
     weight = box_sum_cdf(rel + 0.5, widths) - box_sum_cdf(rel - 0.5, widths)
-    weight = np.where((index >= 0) & (index < cells), weight, 0.0)
+    weight = torch.where((index >= 0) & (index < cells), weight, 0.0)
     return index, weight

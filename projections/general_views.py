@@ -2,11 +2,14 @@
 
 Radon is voxel-driven with separable exact footprints on square detector cells (mass-exact, like the
 axis views); MIP is ray-driven (Joseph's method in 3D: step along the major axis, bilinear interpolation in the
-two minor ones). Tables would take tens of MB per view at 128^3, so they are computed per call, in chunks.
+two minor ones). Tables would take tens of MB per view at 128^3, so they are computed per call, in chunks, with
+torch on the volume's device (float64; elementwise only, so a GPU computes the same weights as the CPU).
 Volumes are handled flattened: ``x`` is ``(N, BC)`` with ``N = D * H * W`` in C order.
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 import torch
@@ -25,6 +28,11 @@ def voxel_coordinates(shape, spacing, device, dtype) -> torch.Tensor:
     return torch.stack([g.reshape(-1) for g in grid], dim=1)
 
 
+def _along(xyz: torch.Tensor, axis: np.ndarray) -> torch.Tensor:
+    """Coordinates ``(N, 3)`` projected onto ``axis``, summed in a fixed order."""
+    return xyz[:, 0] * float(axis[0]) + xyz[:, 1] * float(axis[1]) + xyz[:, 2] * float(axis[2])
+
+
 def splat_weights(geometry, view: int, coords: torch.Tensor):
     """Detector cells and weights of each voxel's footprint: ``(index, weight)``, each ``(N, n)``.
 
@@ -34,15 +42,14 @@ def splat_weights(geometry, view: int, coords: torch.Tensor):
     rows, cols = geometry.detector_shape
     du = geometry.du
     spacing = np.asarray(geometry.spacing)
-    xyz = coords.detach().cpu().numpy().astype(np.float64)
+    xyz = coords.detach().to(torch.float64)
     e_u, e_v = geometry.u_axes[view], geometry.v_axes[view]
-    iu, wu = cell_weights(xyz @ e_u / du + (cols - 1) / 2, spacing * np.abs(e_u) / du, cols)
-    iv, wv = cell_weights(xyz @ e_v / du + (rows - 1) / 2, spacing * np.abs(e_v) / du, rows)
+    iu, wu = cell_weights(_along(xyz, e_u) / du + (cols - 1) / 2, spacing * np.abs(e_u) / du, cols)
+    iv, wv = cell_weights(_along(xyz, e_v) / du + (rows - 1) / 2, spacing * np.abs(e_v) / du, rows)
     index = (iv[:, :, None] * cols + iu[:, None, :]).reshape(len(xyz), -1)
     weight = (wv[:, :, None] * wu[:, None, :]).reshape(len(xyz), -1)
-    index = np.where(weight > 0, index, 0)
-    return (torch.from_numpy(index).to(coords.device),
-            torch.from_numpy(weight * _scale(geometry)).to(device=coords.device, dtype=coords.dtype))
+    index = torch.where(weight > 0, index, 0)
+    return index, (weight * _scale(geometry)).to(coords.dtype)
 
 
 def _scale(geometry) -> float:
@@ -75,6 +82,18 @@ def backproject(geometry, view: int, y: torch.Tensor, coords: torch.Tensor) -> t
     return out
 
 
+def _major(geometry, view: int) -> int:
+    """The axis a view's rays step along (largest step in voxels)."""
+    return int(np.argmax(np.abs(geometry.rays[view]) / np.asarray(geometry.spacing)))
+
+
+@functools.lru_cache(maxsize=256)
+def _frame(geometry, view: int, device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A view's ray, column and row axes as float64 tensors on ``device``, made once."""
+    return tuple(torch.tensor(a[view], dtype=torch.float64, device=device)
+                 for a in (geometry.rays, geometry.u_axes, geometry.v_axes))
+
+
 def mip_samples(geometry, view: int, rays: torch.Tensor, k: torch.Tensor | None = None):
     """Joseph samples of the given detector cells (flat indices ``rays``).
 
@@ -87,11 +106,8 @@ def mip_samples(geometry, view: int, rays: torch.Tensor, k: torch.Tensor | None 
     rows, cols = geometry.detector_shape
     device = rays.device
     dt = torch.float64
-    ray = torch.tensor(geometry.rays[view], dtype=dt, device=device)
-    e_u = torch.tensor(geometry.u_axes[view], dtype=dt, device=device)
-    e_v = torch.tensor(geometry.v_axes[view], dtype=dt, device=device)
-    step = ray.abs() / torch.tensor(spacing, dtype=dt, device=device)
-    major = int(torch.argmax(step))
+    ray, e_u, e_v = _frame(geometry, view, str(device))
+    major = _major(geometry, view)
     minors = [a for a in range(3) if a != major]
     u = ((rays % cols).to(dt) - (cols - 1) / 2) * geometry.du
     v = ((rays // cols).to(dt) - (rows - 1) / 2) * geometry.du
@@ -131,8 +147,7 @@ def mip(geometry, view: int, x: torch.Tensor, want_argmax: bool = False):
     rows, cols = geometry.detector_shape
     n_rays = rows * cols
     xe = torch.cat([x, _fill(x)], dim=0)
-    k_count = geometry.shape[int(torch.argmax(torch.tensor(geometry.rays[view]).abs()
-                                               / torch.tensor(geometry.spacing, dtype=torch.float64)))]
+    k_count = geometry.shape[_major(geometry, view)]
     chunk = max(1, _CHUNK // (k_count * max(1, x.shape[1])))
     out = x.new_empty(n_rays, x.shape[1])
     arg = torch.empty(n_rays, x.shape[1], dtype=torch.long, device=x.device) if want_argmax else None

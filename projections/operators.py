@@ -3,7 +3,8 @@
 Inner product: the plain sum over voxels and over detector cells. :class:`RayBackprojection` is the exact
 transpose of :class:`RayTransform` (``<R x, y> = <x, R* y>`` to rounding), and autograd uses each as the
 other's derivative. Index and weight tables are built once per (geometry, device, dtype), vectorised, and
-cached.
+cached on that device: the operators run wherever their input is (a model moved with ``.to("cuda")`` projects on
+the GPU), and a call copies nothing between host and device.
 
 Shapes: volumes ``(B, C, D, H, W)``; projections ``(B, C, P, V, U)`` with ``P`` views and the geometry's
 ``(V, U)`` detector. Axis views fill the detector rows of their volume rows and leave the rest 0 (radon) or
@@ -29,18 +30,19 @@ __all__ = ["RayTransform", "RayBackprojection", "MaxIntensityProjection", "proje
 _CHUNK = 1 << 20  # elements per MIP temporary: keeps gathers in cache and memory below the volume's size
 
 
-def _torch_csr(matrix: scipy.sparse.csr_matrix, device, dtype) -> torch.Tensor:
-    matrix.sort_indices()
+def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape) -> torch.Tensor:
     with warnings.catch_warnings():  # "sparse CSR support is in beta": the operations used here are stable
         warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(
-            torch.as_tensor(matrix.indptr.astype(np.int64), device=device),
-            torch.as_tensor(matrix.indices.astype(np.int64), device=device),
-            torch.as_tensor(matrix.data, dtype=dtype, device=device), matrix.shape, check_invariants=False)
+        return torch.sparse_csr_tensor(crow, col, values, shape, device=values.device, check_invariants=False)
 
 
 class _AxisGroup:
-    """Views rotating about one axis: a sparse radon matrix for the plane and Joseph tables for MIP."""
+    """Views rotating about one axis: a sparse radon matrix for the plane and Joseph tables for MIP.
+
+    The tables are built once with numpy and copied to the device: per view, its rows of the radon matrix and
+    the transpose of those rows. The matrices of a subset of views (and their transposes) are put together from
+    these blocks on the device, without sorting or host round trips.
+    """
 
     def __init__(self, geometry: Geometry, views: np.ndarray, device, dtype):
         self.geometry, self.views = geometry, views
@@ -49,12 +51,57 @@ class _AxisGroup:
         self.offset = geometry.row_offset(self.axis)
         self.device, self.dtype = device, dtype
         rows, cols, vals, shape = splat_matrix(geometry, views)
-        self.sparse = scipy.sparse.csr_matrix((vals, (rows, cols)), shape=shape)
-        self.n_plane = shape[1]
+        sparse = scipy.sparse.csr_matrix((vals, (rows, cols)), shape=shape)
+        sparse.sort_indices()
+        self.n_plane = n = shape[1]
+        u = geometry.detector_shape[1]
+        self._entries = [int(sparse.indptr[v * u]) for v in range(len(views) + 1)]  # each view's rows' entries
+        self._crow = torch.as_tensor(sparse.indptr.astype(np.int64), device=device)
+        self._col = torch.as_tensor(sparse.indices.astype(np.int64), device=device)
+        self._values = torch.as_tensor(sparse.data, dtype=dtype, device=device)
+        blocks = [sparse[v * u:(v + 1) * u].T.tocsr() for v in range(len(views))]  # (Np * Nq, U) each
+        for block in blocks:
+            block.sort_indices()
+        self._t_entries = np.cumsum([0] + [b.nnz for b in blocks]).tolist()
+        self._t_crow = torch.as_tensor(np.stack([b.indptr for b in blocks]).astype(np.int64), device=device)
+        self._t_col = torch.as_tensor(np.concatenate([b.indices for b in blocks]).astype(np.int64), device=device)
+        self._t_values = torch.as_tensor(np.concatenate([b.data for b in blocks]), dtype=dtype, device=device)
+        self._t_row = torch.as_tensor(np.concatenate([np.repeat(np.arange(n), np.diff(b.indptr)) for b in blocks]),
+                                      device=device)  # the row of each entry
         self._subsets: collections.OrderedDict = collections.OrderedDict()
         self._slab_index: dict[tuple[int, int], torch.Tensor] = {}
         perm = (2 + self.p, 2 + self.q, 2 + self.axis, 0, 1)
         self.perm, self.inverse = perm, tuple(int(i) for i in np.argsort(perm))
+
+    def _rows_of(self, key: tuple[int, ...]):
+        """CSR arrays of the radon matrix of views ``key``: their row blocks one below the other."""
+        u = self.geometry.detector_shape[1]
+        spans = [(self._entries[v], self._entries[v + 1]) for v in key]
+        crows, done = [self._crow.new_zeros(1)], 0
+        for v, (first, last) in zip(key, spans):
+            crows.append(self._crow[v * u + 1:(v + 1) * u + 1] - (first - done))
+            done += last - first
+        return (torch.cat(crows), torch.cat([self._col[a:b] for a, b in spans]),
+                torch.cat([self._values[a:b] for a, b in spans]))
+
+    def _columns_of(self, key: tuple[int, ...]):
+        """CSR arrays of the transpose of views ``key``'s matrix: their transposed blocks side by side (each row
+        holds the entries of the first view, then of the second, ...: columns stay sorted)."""
+        u = self.geometry.detector_shape[1]
+        crows = [self._t_crow[v] for v in key]
+        counts = torch.stack(crows).diff(dim=1).sum(dim=0)
+        crow = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+        size = sum(self._t_entries[v + 1] - self._t_entries[v] for v in key)
+        col, values = self._t_col.new_empty(size), self._t_values.new_empty(size)
+        filled = crow[:-1].clone()  # entries placed so far in each row
+        for k, (v, crow_v) in enumerate(zip(key, crows)):
+            first, last = self._t_entries[v], self._t_entries[v + 1]
+            rows = self._t_row[first:last]
+            slot = (filled - crow_v[:-1]).index_select(0, rows).add_(torch.arange(last - first, device=self.device))
+            col.index_copy_(0, slot, self._t_col[first:last] + k * u)
+            values.index_copy_(0, slot, self._t_values[first:last])
+            filled += crow_v.diff()
+        return crow, col, values
 
     def matrices(self, local: np.ndarray):
         """Radon matrix of the views ``local`` (positions in this group) and its transpose, as torch CSR.
@@ -63,12 +110,10 @@ class _AxisGroup:
         """
         key = tuple(int(v) for v in local)
         if key not in self._subsets:
-            u = self.geometry.detector_shape[1]
+            shape = (len(key) * self.geometry.detector_shape[1], self.n_plane)
             full = key == tuple(range(len(self.views)))
-            rows = None if full else np.concatenate([np.arange(v * u, (v + 1) * u) for v in key])
-            sub = self.sparse if full else self.sparse[rows]
-            self._subsets[key] = (_torch_csr(sub, self.device, self.dtype),
-                                  _torch_csr(sub.T.tocsr(), self.device, self.dtype))
+            matrix = (self._crow, self._col, self._values) if full else self._rows_of(key)
+            self._subsets[key] = (_csr(*matrix, shape), _csr(*self._columns_of(key), shape[::-1]))
             if len(self._subsets) > 8:
                 self._subsets.popitem(last=False)
         self._subsets.move_to_end(key)
@@ -243,7 +288,8 @@ class _Plan:
     """All cached tables of one geometry on one device and dtype; methods act on a subset of its views."""
 
     def __init__(self, geometry: Geometry, device, dtype):
-        self.geometry = geometry
+        self.geometry, self.device = geometry, device
+        self._image_index: dict[tuple, torch.Tensor] = {}
         self.groups = [(_AxisGroup if axis >= 0 else _GeneralGroup)(geometry, views, device, dtype)
                        for axis, views in geometry.view_groups.items()]
         # view -> (group number, position in the group)
@@ -260,6 +306,17 @@ class _Plan:
             parts.setdefault(g, ([], []))
             parts[g][0].append(pos), parts[g][1].append(out_pos)
         return [(self.groups[g], np.asarray(local), np.asarray(out)) for g, (local, out) in sorted(parts.items())]
+
+    def images(self, positions: np.ndarray, slabs: int) -> torch.Tensor:
+        """Image indices, on the plan's device, of the views at ``positions`` when each view has ``slabs``
+        consecutive images; the last 64 index sets are kept, so repeated calls copy nothing to the device."""
+        key = (tuple(int(p) for p in positions), slabs)
+        if key not in self._image_index:
+            if len(self._image_index) >= 64:
+                self._image_index.pop(next(iter(self._image_index)))
+            index = np.asarray(key[0], dtype=np.int64)[:, None] * slabs + np.arange(slabs)
+            self._image_index[key] = torch.as_tensor(index.reshape(-1), device=self.device)
+        return self._image_index[key]
 
 
 class _PlanView:
@@ -278,19 +335,13 @@ class _PlanView:
         if y.dim() != 5 or tuple(y.shape[2:]) != expected:
             raise ValueError(f"expected projections (B, C, {', '.join(map(str, expected))}), got {tuple(y.shape)}")
 
-    @staticmethod
-    def _images(positions, slabs: int, device) -> torch.Tensor:
-        """Image indices of the views at ``positions`` when each view has ``slabs`` consecutive images."""
-        positions = torch.as_tensor(positions, device=device)
-        return (positions[:, None] * slabs + torch.arange(slabs, device=device)).reshape(-1)
-
     def _place(self, parts, x, slabs: int = 1):
         """Assemble per-group results ``(positions, images)`` into ``(B, C, len(views) * slabs, V, U)``."""
         if len(parts) == 1:
             return parts[0][1]
         out = x.new_empty(x.shape[0], x.shape[1], len(self.views) * slabs, *self.geometry.detector_shape)
         for positions, part in parts:
-            out.index_copy_(2, self._images(positions, slabs, x.device), part)
+            out.index_copy_(2, self.plan.images(positions, slabs), part)
         return out
 
     def radon(self, x):
@@ -305,7 +356,7 @@ class _PlanView:
         out = None
         for group, local, positions in self.plan.split(self.views):
             yg = (y if len(positions) == len(self.views)
-                  else y.index_select(2, torch.as_tensor(positions, device=y.device)))
+                  else y.index_select(2, self.plan.images(positions, 1)))
             part = group.backproject(yg, local)
             out = part.contiguous() if out is None else out.add_(part)
         return out
@@ -323,7 +374,7 @@ class _PlanView:
         y = y.contiguous()
         out = None
         for (group, local, positions), arg in zip(self.plan.split(self.views), args):
-            part = group.mip_lift(y.index_select(2, self._images(positions, slabs, y.device)), arg, local)
+            part = group.mip_lift(y.index_select(2, self.plan.images(positions, slabs)), arg, local)
             out = part.contiguous() if out is None else out.add_(part)
         return out
 

@@ -9,7 +9,7 @@ __all__ = ["FineTuning", "local_mean"]
 
 
 class FineTuning(nn.Module):
-    """``T(x) = sigmoid(a * avgpool(x) + b)`` per channel, as in the seed's random 2.5D U-Net.
+    """``T(x) = sigmoid(a * avgpool(x) + b)`` per channel, as in the paper's random 2.5D U-Net.
 
     The module returns the logits ``a * avgpool(x) + b``; the sigmoid is applied by the loss (BCE, Dice
     on probabilities) and at inference, which is numerically safer and equal in effect.
@@ -40,8 +40,8 @@ def local_mean(x: torch.Tensor, size: int) -> torch.Tensor:
     ``(B, C, D, H, W)``, as ``avg_pool3d`` with ``count_include_pad=False`` computes it, also on volumes
     thinner than the window, which ``avg_pool3d`` refuses.
 
-    Window and in-volume count both factor by axis: per axis a sum of shifted copies divided by the count;
-    measured 15x faster than ``avg_pool3d`` for ``size = 3`` at 128^3.
+    Window and in-volume count both factor by axis: per axis a sum of shifted copies divided by the count,
+    much faster than ``avg_pool3d`` on the CPU.
     """
     r = size // 2
     for dim in (2, 3, 4):

@@ -29,6 +29,16 @@ def realdata() -> Path:
     return REALDATA
 
 
+@pytest.fixture(params=["cpu", "cuda"])
+def device(request):
+    """Each device a test can run on: the CPU always, the GPU when CUDA is available (skipped otherwise)."""
+    import torch
+
+    if request.param == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    return torch.device(request.param)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _one_torch_thread():
     """Tiny tensors run faster on one thread, and the suite stays steady on a loaded 2-core machine."""
@@ -38,3 +48,15 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Training runs preprocess into a cache: the suite's goes to a temporary folder, not the user's."""
+    previous = os.environ.get("SEG25D_CACHE")
+    os.environ["SEG25D_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if previous is None:
+        os.environ.pop("SEG25D_CACHE", None)
+    else:
+        os.environ["SEG25D_CACHE"] = previous

@@ -1,4 +1,4 @@
-"""Run the examples in the docstrings of the projection, reconstruction and atomic-write modules."""
+"""Run the examples in the docstrings of the projection, reconstruction, atomic-write and device modules."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ MODULES = [
     "seg25d.projections.operators",
     "seg25d.reconstruction.backprojection",
     "seg25d.pipeline.atomic",
+    "seg25d.pipeline.device",
 ]
 
 

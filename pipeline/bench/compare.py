@@ -23,6 +23,7 @@ import pandas as pd
 
 from seg25d.pipeline.atomic import write_csv, write_json, write_text
 from seg25d.pipeline.errors import InputError
+from seg25d.pipeline.memory import ENV as STEP_MEMORY_ENV
 from seg25d.pipeline.turns import TURN_SECONDS, run_in_turns
 
 __all__ = ["bench_compare", "run_entries", "DEFAULT_MODELS", "markdown_table"]
@@ -109,9 +110,12 @@ def run_entries(entries, manifest, budget_minutes: float, out_dir, seed: int, co
     """Train ``(label, model, options, overrides)`` entries in turns, then predict and evaluate each into
     ``out_dir/<name>.*``. An entry whose training fails is reported after the others are written."""
     from seg25d.pipeline.evaluate import evaluate
+    from seg25d.pipeline.manifest import read_manifest
+    from seg25d.pipeline.outputs import make_out_dir
 
-    manifest, out_dir = Path(manifest).resolve(), Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = Path(manifest).resolve()
+    read_manifest(manifest)  # a bad manifest is one line now, not a failed training per entry
+    out_dir = make_out_dir(out_dir)
     bases = [out_dir / _slug(label) for label, *_ in entries]
     commands = []
     for base, (label, model, options, overrides) in zip(bases, entries):
@@ -121,7 +125,8 @@ def run_entries(entries, manifest, budget_minutes: float, out_dir, seed: int, co
     how = f"in turns of {turn_seconds:g} s" if turn_seconds > 0 else "one after another"
     print(f"[{name}] training {', '.join(label for label, *_ in entries)} for {budget_minutes:g} min each, {how}",
           flush=True)
-    trained = run_in_turns(commands, [base / "train.log" for base in bases], turn_seconds)
+    trained = run_in_turns(commands, [base / "train.log" for base in bases], turn_seconds,
+                           env={STEP_MEMORY_ENV: "1"})  # metrics.csv gets each step's peak memory
     rows, failed = [], []
     for base, (label, *_), outcome in zip(bases, entries, trained):
         run_dir = base / "run"

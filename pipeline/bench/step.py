@@ -3,7 +3,7 @@
 Run in a fresh process per (model, shape, what) by ``seg25d bench scaling`` and ``bench compare``:
 ``python -m seg25d.pipeline.bench.step --model projection25d --shape 128 128 128 --what time`` prints one
 JSON line. Memory is measured in a process started with :data:`seg25d.pipeline.memory.MEASURE_ENV`, time
-in one without it, whose allocator keeps freed memory as the ``seg25d`` command's does (see
+in one without it, whose allocator keeps freed memory as ``seg25d train``'s does (see
 :mod:`seg25d.pipeline.memory` and :mod:`seg25d.pipeline.allocator`).
 """
 
@@ -25,16 +25,17 @@ from seg25d.pipeline.memory import MEASURE_ENV, PeakMemory
 __all__ = ["measure", "measure_in_fresh_processes", "warmup_steps"]
 
 #: warm-up steps of a model that draws views at random: its images come in several crop sizes (per view and
-#: per how many of a step's views share one), and oneDNN sets up each shape's kernels the first time it sees
-#: it; a 128^3 projection25d step measured 0.20 s over its 2nd and 3rd steps and 0.15 s from the 10th on
+#: per how many of a step's views share one), and oneDNN sets up each shape's kernels the first time it sees it
 RANDOM_VIEW_WARMUP = 10
 
 
 def warmup_steps(model) -> int:
     """Untimed steps before a measurement: one (kernels, optimiser state), or :data:`RANDOM_VIEW_WARMUP` for a
-    model that draws random views per step, so that what is timed is the step training pays after its first
-    seconds."""
-    return RANDOM_VIEW_WARMUP if hasattr(model, "draw_views") else 1
+    model with the two paths, which draws random views per step, so that what is timed is the step training
+    pays after its first seconds."""
+    from seg25d.models import feeding_of
+
+    return RANDOM_VIEW_WARMUP if feeding_of(model).two_paths else 1
 
 
 def measure(name: str, shape, options: dict | None = None, repeats: int = 3, seed: int = 0,
@@ -45,11 +46,10 @@ def measure(name: str, shape, options: dict | None = None, repeats: int = 3, see
 
     ``precision``: that of the training step's forward pass, as ``train.precision`` (inference runs in fp32).
 
-    The training batch is what the trainer feeds the model's family: the whole volume (projection25d, and the
-    3D CNNs unless ``patch`` is given), or ``batch`` slices (2D networks) or slice stacks (slicestack25d).
+    The training batch is what the trainer feeds the model (its feeding): the whole volume (``volume``, and
+    ``patches`` unless ``patch`` is given), or ``batch`` slices or slice stacks.
     """
-    from seg25d.models import build
-    from seg25d.pipeline.data import model_family
+    from seg25d.models import build, feeding_of
     from seg25d.pipeline.losses import segmentation_loss
     from seg25d.pipeline.volume_inference import predict_logits
 
@@ -62,13 +62,13 @@ def measure(name: str, shape, options: dict | None = None, repeats: int = 3, see
         options["scale"] = resolve_scale("auto", shape)
     model = build(name, *channels, **options)
     volume = torch.randn(1, channels[0], *shape)
-    family = model_family(name)
-    if family == "volume" or family == "patches" and not patch:
+    feeding = feeding_of(model)
+    if feeding.kind == "volume" or feeding.kind == "patches" and not patch:
         x, y_shape = volume, (1, channels[1], *shape)
-    elif family == "patches":
+    elif feeding.kind == "patches":
         x, y_shape = torch.randn(1, channels[0], *patch), (1, channels[1], *patch)
     else:
-        per_slice = channels[0] * (getattr(model, "slices", 1) if family == "stacks" else 1)
+        per_slice = channels[0] * (feeding.slices if feeding.kind == "stacks" else 1)
         x, y_shape = torch.randn(batch, per_slice, *shape[1:]), (batch, channels[1], *shape[1:])
     y = (torch.rand(y_shape) > 0.97).float()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -140,7 +140,7 @@ def main(argv=None) -> None:
     parser.add_argument("--patch", type=int, nargs=3, help="3D patch for unet3d/monai_unet")
     parser.add_argument("--precision", default="fp32", help="of the training step, as train.precision")
     args = parser.parse_args(argv)
-    keep_freed_memory()  # as the seg25d command does; not in the memory process (MEASURE_ENV sets the allocator)
+    keep_freed_memory()  # as seg25d train does; not in the memory process (MEASURE_ENV sets the allocator)
     shape = args.shape * 3 if len(args.shape) == 1 else args.shape
     print(json.dumps(measure(args.model, shape, json.loads(args.options), args.repeats,
                              channels=tuple(args.channels), batch=args.batch, patch=args.patch,

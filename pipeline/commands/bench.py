@@ -8,7 +8,10 @@ from seg25d.pipeline.turns import TURN_SECONDS
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("bench", help="benchmarks: operators, models, compare, ablation, oracle, scaling")
+    parser = subparsers.add_parser("bench", help="benchmarks: operators, models, compare, ablation, oracle, scaling, "
+                                                 "memory",
+                                   description="Measure the projectors and the models: speed, memory and accuracy "
+                                               "under one budget; each writes a table plus JSON/CSV.")
     sub = parser.add_subparsers(dest="bench", metavar="BENCH")
     sub.required = True
 
@@ -39,7 +42,7 @@ def register(subparsers) -> None:
                               "and fast minutes alike; 0: one after another (default %(default)g)")
     compare.set_defaults(func=_compare)
 
-    ablation = sub.add_parser("ablation", help="the steps from the seed's model to the default, each trained")
+    ablation = sub.add_parser("ablation", help="the steps from the paper's model to the default, each trained")
     ablation.add_argument("--manifest", type=Path, required=True, help="manifest with train, val and test splits")
     ablation.add_argument("--budget-minutes", type=float, required=True, help="training time per entry")
     ablation.add_argument("--out", type=Path, required=True, help="folder for runs and ablation.csv/json/md")
@@ -68,6 +71,18 @@ def register(subparsers) -> None:
     scaling.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="fp32",
                          help="of the training steps, as train.precision (default fp32)")
     scaling.set_defaults(func=_scaling)
+
+    memory = sub.add_parser("memory", help="training memory and step time: preprocessed cache against in memory")
+    memory.add_argument("--n", type=int, default=400,
+                        help="synthetic volumes, compared with the first n/10 (default 400)")
+    memory.add_argument("--shape", type=int, nargs=3, default=[128, 128, 128], metavar=("D", "H", "W"))
+    memory.add_argument("--steps", type=int, default=20, help="training steps per run (default 20)")
+    memory.add_argument("--models", nargs="+", default=["projection25d", "unet2d"])
+    memory.add_argument("--workers", type=int, default=2, help="loader workers of the cached runs (default 2)")
+    memory.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra config override for every run")
+    memory.add_argument("--out", type=Path, required=True, help="folder for data, cache, runs, memory.csv/json")
+    memory.set_defaults(func=_memory)
 
 
 def _operators(args) -> int:
@@ -134,4 +149,12 @@ def _scaling(args) -> int:
                         "infer_peak_extra_mb") if c in frame]
     print(frame[cols].to_string(index=False))
     print(f"figure: {args.out / 'scaling.png'}")
+    return 0
+
+
+def _memory(args) -> int:
+    from seg25d.pipeline.bench.memory import bench_memory, format_memory
+
+    print(format_memory(bench_memory(args.out, args.n, args.shape, args.steps, args.models, args.workers,
+                                     overrides=tuple(args.overrides))))
     return 0

@@ -7,7 +7,9 @@ from pathlib import Path
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("demo", help="synthetic vessels -> train projection25d -> predict -> evaluate -> "
-                                                "report")
+                                                "report",
+                                   description="The main job end to end on synthetic vessel volumes: generate them, "
+                                               "train projection25d, predict the test split, evaluate, report.")
     parser.add_argument("--out", type=Path, default=Path("seg25d_demo"), help="output folder (default: seg25d_demo)")
     parser.add_argument("--minutes", type=float, default=8.0, help="training time budget (default: 8)")
     parser.add_argument("--cases", type=int, default=16, help="synthetic volumes to generate (default: 16)")
@@ -18,7 +20,9 @@ def register(subparsers) -> None:
 
 
 def _demo(args) -> int:
+    from seg25d.pipeline.allocator import keep_freed_memory
     from seg25d.pipeline.demo import run_demo
 
+    keep_freed_memory()
     run_demo(args.out, args.minutes, args.cases, seed=args.seed, overrides=args.overrides)
     return 0

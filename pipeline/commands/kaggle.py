@@ -116,8 +116,10 @@ def _add_train(sub) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    from seg25d.pipeline.allocator import keep_freed_memory
     from seg25d.pipeline.kaggle.workflow import train_folds
 
+    keep_freed_memory()
     results = train_folds(args.root, args.out, config=args.config, overrides=args.overrides, folds=args.folds,
                           fold=args.fold, exclude_file=args.exclude, seed=args.seed, resume=args.resume)
     scored = [r for r in results if r.score is not None]

@@ -7,7 +7,9 @@ from pathlib import Path
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("train", help="train a model (presets: vessels, gi; or a TOML config)")
+    parser = subparsers.add_parser("train", help="train a model (presets: vessels, gi; or a TOML config)",
+                                   description="Train any registered model from a preset or TOML config into a run "
+                                               "folder; a killed run resumes with --resume.")
     parser.add_argument("--config", default="vessels", help="preset name or TOML file (default: vessels)")
     parser.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, metrics.csv, curves.png)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -17,11 +19,16 @@ def register(subparsers) -> None:
 
 
 def _train(args) -> int:
+    from seg25d.pipeline.allocator import keep_freed_memory
+    from seg25d.pipeline.callbacks import from_environment
     from seg25d.pipeline.config import load_config
+    from seg25d.pipeline.outputs import check_out_dir
     from seg25d.pipeline.training import train
 
+    keep_freed_memory()
     config = load_config(args.config, args.overrides)
-    result = train(config, args.out, resume=args.resume)
+    check_out_dir(args.out)
+    result = train(config, args.out, resume=args.resume, callbacks=from_environment())
     if int(os.environ.get("RANK", "0")) == 0:
         note = " (stopped by train.max_minutes)" if result.stopped_by_time else ""
         best = (f"best validation Dice {result.best_score:.4f}" if result.validated

@@ -404,8 +404,9 @@ def import_kaggle(root: str | os.PathLike, out_dir: str | os.PathLike, split: st
 
     from seg25d.pipeline.io import synthetic_meta, write_mask, write_volume
     from seg25d.pipeline.manifest import write_label_spec, write_manifest
+    from seg25d.pipeline.outputs import check_out_dir, inside
 
-    root, out_dir = Path(root), Path(out_dir)
+    root, out_dir = Path(root), check_out_dir(out_dir)
     case_days = scan_case_days(root, split)
     if not case_days:
         raise InputError(root / split, "no case-day folders (case{N}/case{N}_day{M}/scans/*.png)")
@@ -427,11 +428,11 @@ def import_kaggle(root: str | os.PathLike, out_dir: str | os.PathLike, split: st
     for case_day in tqdm(case_days, desc=f"import {split}", unit="case-day"):
         volume = load_case_day(case_day, None if labels is None else groups.get(case_day.name, empty))
         meta = synthetic_meta(shape=volume.image.shape, spacing=volume.spacing)
-        image_path = out_dir / "images" / f"{volume.name}.nii.gz"
+        image_path = inside(out_dir / "images", f"{volume.name}.nii.gz")
         write_volume(image_path, volume.image.astype(volume.source_dtype), meta)
         label_path = None
         if volume.mask is not None:
-            label_path = out_dir / "labels" / f"{volume.name}.nii.gz"
+            label_path = inside(out_dir / "labels", f"{volume.name}.nii.gz")
             write_mask(label_path, spec.encode(volume.mask), meta)
         manifest_rows.append({"case_id": volume.name, "image": str(image_path),
                               "label": None if label_path is None else str(label_path),

@@ -29,6 +29,7 @@ import pandas as pd
 
 from seg25d.pipeline.atomic import write_csv, write_json
 from seg25d.pipeline.errors import InputError
+from seg25d.pipeline.outputs import check_out_dir
 from seg25d.pipeline.kaggle.layout import (
     CLASSES,
     CaseDay,
@@ -191,10 +192,11 @@ def train_folds(root: str | os.PathLike, run_dir: str | os.PathLike, config: str
     """
     from seg25d.pipeline.manifest import read_manifest
 
-    root, run_dir = Path(root), Path(run_dir)
+    root, run_dir = Path(root), check_out_dir(run_dir)
     exclude = read_exclude_file(exclude_file) if exclude_file is not None else []
+    # the config first: a bad --set fails before the import's minutes
+    cfg = build_fold_config(config, overrides, run_dir / "data" / "manifest.csv", folds, exclude, seed)
     manifest = import_once(root, run_dir / "data")
-    cfg = build_fold_config(config, overrides, manifest, folds, exclude, seed)
     n_folds = int(cfg["data"]["folds"])
     if n_folds < 0 or n_folds == 1:
         raise InputError("--folds", f"must be 0 (no cross-validation) or at least 2, got {n_folds}")
@@ -451,6 +453,9 @@ def submit(checkpoints: Sequence[str | os.PathLike], root: str | os.PathLike, ou
             no image of the split produces.
     """
     root, out_csv = Path(root), Path(out_csv)
+    if out_csv.is_dir():
+        raise InputError(out_csv, "--out is a folder; give the submission CSV to write")
+    check_out_dir(out_csv.parent, "--out's folder")
     if not (0.0 < float(threshold) <= 1.0):
         raise InputError("--threshold", f"must be in (0, 1], got {threshold}")
     if int(min_area) < 0:

@@ -4,13 +4,16 @@ random view draws, evaluation with all views, projected labels."""
 from __future__ import annotations
 
 import copy
+import dataclasses
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from seg25d.models import build
-from seg25d.models.projection25d import PRESETS, Projection25D
+from seg25d.models import build, model_options
+from seg25d.models.projection25d import PRESETS, Projection25D, Projection25DOptions
 from seg25d.pipeline.losses import segmentation_loss
 
 TINY = dict(directions=2, train_directions=2, unet={"depth": 2, "base_channels": 4}, head_channels=4, filter_size=7)
@@ -49,20 +52,18 @@ def test_presets_full_size_shapes(preset):
     ({"axes": (0,)}, 2, 1),
     ({"axes": (0, 1, 2)}, 3, 1),
     ({"axes": (2, 0)}, 1, 1),
-    ({"mode": "radon"}, 2, 1),
-    ({"mode": "radon", "lift": ("mip",)}, 2, 2),  # several input channels: lifted at the channel mean's maxima
+    ({"lift": ("mip",)}, 2, 2),  # several input channels: lifted at the channel mean's maxima
     ({"lift": ("backproject",)}, 2, 1),
     ({"lift": ("mip",)}, 2, 1),
     ({"lift": ("backproject", "mip")}, 2, 2),
     ({"features": 6}, 2, 1),
     ({"features": None}, 3, 1),
-    ({"head": "paper", "features": 2, "lift": ("backproject",), "mode": "radon"}, 2, 1),
+    ({"head": "paper", "features": 2, "lift": ("backproject",), "sum_input": True}, 2, 1),
     ({"head": "paper", "features": 2, "lift": ("backproject",), "axes": (1,)}, 2, 2),
-    ({"filter_per_view": True, "filter_init": "ramp"}, 1, 1),
+    ({"filter_per_view": True}, 1, 1),
     ({"scale": 2}, 2, 1),
-    ({"scale": 2, "fine_lift": True}, 2, 1),
-    ({"scale": 2, "lift": ("backproject",), "fine_lift": True}, 1, 1),  # no MIP lifting: nothing to fine-lift
-    ({"scale": 2, "mode": "radon"}, 2, 2),
+    ({"scale": 2, "lift": ("backproject",)}, 1, 1),
+    ({"scale": 2, "lift": ("backproject", "mip")}, 2, 2),
     ({"slabs": 2}, 2, 1),
     ({"slabs": 3, "scale": 2, "lift": ("mip",)}, 1, 2),
 ])
@@ -84,11 +85,11 @@ def test_output_shapes(options, out_channels, in_channels):
 
 def test_preset_options_and_overrides():
     model = _tiny(1, preset="paper")
-    assert model.axes == (0,) and model.mode == "mip" and model.lift_kinds == ("backproject",)
+    assert model.axes == (0,) and model.lift_kinds == ("backproject",)
     assert model.head_kind == "paper" and not model.aux_loss
     assert model.filtration.weight.shape == (2, 1, 7)  # one filter per view (2 views), one channel
     model = build("projection25d", 1, 1, unet={"depth": 2})  # unet options merge into the preset's
-    default = PRESETS["default"]
+    default = dataclasses.asdict(PRESETS["default"])
     assert model.features == default["features"] and model.axes == tuple(default["axes"])
     assert model.n_views == default["directions"] * len(default["axes"])
     assert sum(isinstance(m, torch.nn.MaxPool2d) for m in model.unet.modules()) <= 1
@@ -99,13 +100,28 @@ def test_preset_options_and_overrides():
     assert build("projection25d", 1, 1, **recorded).config["options"] == recorded
 
 
+def test_options_are_declared_once():
+    """The options build takes, the presets and the recorded config are the fields of Projection25DOptions."""
+    fields = [f.name for f in dataclasses.fields(Projection25DOptions)]
+    assert list(model_options("projection25d")) == ["preset", *fields]
+    assert PRESETS["default"] == Projection25DOptions()
+    assert list(build("projection25d", 1, 1, preset="paper").config["options"]) == ["preset", *fields]
+    # docs/configuration.md documents each of them, and none that is gone
+    docs = (Path(__file__).parents[2] / "docs" / "configuration.md").read_text(encoding="utf-8")
+    section = docs[docs.index("### `projection25d` options and presets"):docs.index("## The two-path schedule")]
+    documented = re.findall(r"^\| `(\w+)` \|", section, flags=re.M)
+    assert documented == fields
+
+
 @pytest.mark.parametrize("options, match", [
     ({"bogus": 1}, "unknown option"),
     ({"preset": "papper"}, "unknown preset"),
     ({"axes": (3,)}, "axes"),
     ({"axes": (0, 0)}, "axes"),
     ({"axes": ()}, "axes"),
-    ({"mode": "sum"}, "mode"),
+    ({"mode": "radon"}, "unknown option"),  # options of rejected experiments are gone
+    ({"fine_lift": True}, "unknown option"),
+    ({"infer_directions": 4}, "unknown option"),
     ({"lift": ("fbp",)}, "lift"),
     ({"lift": ()}, "lift"),
     ({"train_directions": 0}, "train_directions"),
@@ -115,19 +131,15 @@ def test_preset_options_and_overrides():
     ({"head": "paper", "features": 4}, "paper head"),
     ({"head": "paper", "features": 2}, "paper head"),  # two lifts: 2 * 2 + 1 channels
     ({"head": "paper", "features": 2, "lift": ("mip",)}, "paper head"),  # MIP lifting adds a count channel
-    ({"filter_init": "hann", "lift": ("backproject",)}, "init"),
-    ({"slabs": 2, "mode": "radon"}, "slabs"),
-    ({"slabs": 2, "scale": 2, "fine_lift": True}, "fine_lift"),
-    ({"infer_directions": 3}, "infer_directions"),  # more than the 2 directions
-    ({"infer_directions": 0}, "infer_directions"),
-    ({"sum_input": True, "mode": "radon"}, "sum_input"),
+    ({"slabs": 0}, "slabs"),
+    ({"scale": 3}, "scale"),
 ])
 def test_invalid_options(options, match):
     with pytest.raises(ValueError, match=match):
         build("projection25d", 1, 2, **{**TINY, **options})
 
 
-@pytest.mark.parametrize("options", [{}, {"mode": "radon"}, {"lift": ("mip",)}, {"features": 3, "axes": (0, 1)},
+@pytest.mark.parametrize("options", [{}, {"lift": ("backproject", "mip")}, {"lift": ("mip",)}, {"features": 3, "axes": (0, 1)},
                                      {"preset": "paper"}, {"scale": 2},
                                      {"slabs": 2}])
 def test_path1_every_parameter_gets_gradient(options):
@@ -234,21 +246,10 @@ def test_freeze_survives_train_eval_switches():
     assert not model.unet.training and model.head.training
 
 
-def test_inference_views_are_distinct_directions_spread_evenly():
-    from seg25d.projections.geometry import uniform_angles
-
-    model = build("projection25d", 1, 1, infer_directions=4)  # 4 of 8 views per axis at inference
-    views = model.inference_views()
-    assert views.tolist() == [1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23]
-    angles = uniform_angles(model.directions)[views % model.directions]
-    # no view along a coordinate axis, which rotations about two different axes would both give
-    assert all(abs(a - k * torch.pi / 2) > 0.1 for a in angles for k in range(3))
-    # every view gives all of them (the default); explicit infer_directions and directions are honoured
+def test_inference_uses_every_view():
     assert torch.equal(build("projection25d", 1, 1).inference_views(), torch.arange(24))
-    assert torch.equal(_tiny(1, directions=4, infer_directions=4).inference_views(), torch.arange(12))
-    assert _tiny(1, directions=6, infer_directions=3).inference_views().tolist() == [1, 3, 5, 7, 9, 11, 13, 15, 17]
-    assert build("projection25d", 1, 1, directions=3).infer_directions == 3
-    assert build("projection25d", 1, 1, preset="paper").infer_directions == 32
+    assert torch.equal(_tiny(1, directions=4).inference_views(), torch.arange(12))
+    assert torch.equal(build("projection25d", 1, 1, preset="paper").inference_views(), torch.arange(32))
 
 
 def _shadow_mask(geometry, slabs, shape):
@@ -270,7 +271,7 @@ def test_sum_input_gives_the_unet_each_rays_line_sum(scale):
     model.unet = torch.nn.Identity()  # the features are then the U-Net's input images on each view's shadow
     views = model.inference_views()
     with torch.no_grad():
-        images = model.encode(x, views)[0]
+        images = model.encode(x, views).features
     core = model.core_input(x)
     geometry = model.geometry(core.shape[2:])[views.numpy()]
     m, c = len(views), core.shape[1]
@@ -299,7 +300,7 @@ def test_the_unet_sees_each_image_cropped_to_its_views_shadow():
     model.unet.register_forward_pre_hook(lambda module, args: calls.append(args[0].shape))
     views = model.inference_views()
     with torch.no_grad():
-        features = model.encode(_volume(batch=2), views)[0]
+        features = model.encode(_volume(batch=2), views).features
     geometry = model.geometry(SHAPE)[views.numpy()]
     boxes = np.repeat(geometry.shadows(), model.slabs, axis=0)
     sizes = sorted({(r1 - r0, c1 - c0) for r0, r1, c0, c1 in boxes.tolist()})
@@ -333,7 +334,6 @@ def test_bf16_autocast_keeps_the_geometry_in_fp32():
 
 def test_sum_input_in_presets():
     assert build("projection25d", 1, 1).sum_input and not build("projection25d", 1, 1, preset="paper").sum_input
-    assert not build("projection25d", 1, 1, mode="radon").sum_input  # Radon views are line sums already
 
 
 def test_eval_uses_all_views_and_is_deterministic():
@@ -397,17 +397,17 @@ def test_resolve_scale_by_volume_size():
 
 @pytest.mark.parametrize("shape", [(8, 12, 10), (9, 13, 11)])  # odd sizes are padded to even and cropped back
 def test_scale2_works_on_a_half_resolution_grid(shape):
-    assert _tiny(1, scale=2).encode(torch.randn(1, 1, *shape), torch.arange(2))[3] is None  # fine_lift off
-    model = _tiny(1, scale=2, fine_lift=True).eval()
+    model = _tiny(1, scale=2).eval()
     x = torch.randn(1, 1, *shape)
     core = model.core_input(x)
     assert core.shape == (1, 2, *((n + 1) // 2 for n in shape))  # average- and max-pooled
     assert torch.equal(core[:, 1], torch.nn.functional.max_pool3d(
         torch.nn.functional.pad(x, [p for n in reversed(shape) for p in (0, n % 2)], mode="replicate"), 2)[:, 0])
-    features, argmax, views, fine_argmax, encoded_core = model.encode(x, model.all_views())
-    assert torch.equal(encoded_core, core)  # decode lifts onto it, without pooling again
+    encoded = model.encode(x, model.all_views())
+    features, views = encoded.features, encoded.views
+    assert torch.equal(encoded.core, core)  # decode lifts onto it, without pooling again
     assert features.shape[-2:] == model.geometry(core.shape[2:]).detector_shape
-    assert fine_argmax is not None  # fine_lift: MIP lifting at scale 2 also lifts onto the full grid
+    assert encoded.argmax is not None  # MIP lifting: where each ray's maximum lies
     with torch.no_grad():
         assert model(x).shape == (1, 1, *shape)
     labels = (torch.rand(1, 1, *shape) > 0.9).float()

@@ -60,3 +60,17 @@ def test_environment_check_needs_no_glibc():
     assert keep_freed_memory({"SEG25D_KEEP_FREED_MEMORY": "0"}) is False
     assert keep_freed_memory({"MALLOC_TRIM_THRESHOLD_": "1"}) is False
     assert keep_freed_memory({"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=65536"}) is False
+
+
+def test_only_the_training_commands_change_the_allocator(monkeypatch, tmp_path):
+    from seg25d.pipeline import allocator
+    from seg25d.pipeline.cli import main
+
+    calls = []
+    monkeypatch.setattr(allocator, "keep_freed_memory", lambda environ=None: calls.append(environ) or True)
+    assert main(["manifest", "check", str(tmp_path / "missing.csv")]) != 0
+    assert main(["predict", "--model", str(tmp_path / "missing.pt"), "--input", str(tmp_path / "x.nii.gz"),
+                 "--out", str(tmp_path / "out")]) != 0
+    assert calls == []  # other commands leave glibc as it is
+    assert main(["train", "--config", str(tmp_path / "missing.toml"), "--out", str(tmp_path / "run")]) == 2
+    assert calls == [None]

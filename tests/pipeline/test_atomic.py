@@ -11,7 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from seg25d.pipeline.atomic import atomic_path, full_suffix, write_csv, write_json, write_text
+from seg25d.pipeline.atomic import (_create_temp_sibling, atomic_path, full_suffix, remove_stale_temporaries,
+                                    write_csv, write_json, write_text)
+from seg25d.pipeline.errors import InputError
 
 
 @pytest.mark.parametrize(
@@ -104,3 +106,31 @@ def test_write_csv_round_trip(tmp_path):
     assert target.read_text().splitlines()[0] == "case_id,dice"  # no index column
     pd.testing.assert_frame_equal(pd.read_csv(target), frame)
     assert [p.name for p in tmp_path.iterdir()] == ["table.csv"]
+
+
+def test_stale_temporaries_of_one_target_are_removed(tmp_path):
+    """What a killed atomic write of c1.nii.gz left (a hidden temporary file; a detached-header folder) goes;
+    other targets' temporaries and look-alikes stay."""
+    target = tmp_path / "c1.nii.gz"
+    stale = [tmp_path / ".c1.0123abcd.tmp.nii.gz", tmp_path / ".c1.nii.gz.k2j_9xq1.tmp"]
+    stale[0].write_bytes(b"half")
+    (stale[1] / "inner").mkdir(parents=True)
+    others = [tmp_path / ".c10.0123abcd.tmp.nii.gz", tmp_path / ".c1.0123abcd.tmp.nrrd", tmp_path / ".c1.notes",
+              tmp_path / ".c1.0123abcd.tmp.nii.gz.bak", tmp_path / "c1.0123abcd.tmp.nii.gz"]
+    for path in others:
+        path.write_text("keep")
+    assert sorted(remove_stale_temporaries(target)) == sorted(stale)
+    assert not any(p.exists() for p in stale) and all(p.read_text() == "keep" for p in others)
+    assert remove_stale_temporaries(tmp_path / "absent" / "x.nii.gz") == []
+    made = _create_temp_sibling(target)  # the temporaries atomic_path makes are the ones it removes
+    assert remove_stale_temporaries(target) == [made] and not made.exists()
+
+
+def test_atomic_path_refuses_a_folder_or_a_file_in_the_way(tmp_path):
+    (tmp_path / "taken.csv").mkdir()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InputError, match="taken.csv: output name exists as a folder"):
+        write_text(tmp_path / "taken.csv", "a")
+    with pytest.raises(InputError, match="a file stands where its folder should be"):
+        write_text(tmp_path / "file" / "sub" / "x.csv", "a")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "taken.csv"]

@@ -176,8 +176,47 @@ def test_a_new_model_name_drops_the_presets_model_options():
     assert config["model"]["options"]["stride"] == 1 and config["model"]["options"]["slices"] == 3
 
 
-@pytest.mark.parametrize("override", ["train.val_every=0", "train.max_steps=-1", "train.checkpoint_every=2.5",
-                                      "train.slices_per_step=true"])
-def test_step_counts_must_be_positive_integers(override):
-    with pytest.raises(InputError, match=f"{override.split('=')[0]}: must be a positive integer"):
+@pytest.mark.parametrize("override, message", [
+    ("train.val_every=0", "must be a positive integer, got 0"),
+    ("train.max_steps=-1", "must be a positive integer, got -1"),
+    ("train.checkpoint_every=2.5", "expected an integer, got 2.5"),
+    ("train.slices_per_step=true", "expected an integer, got True"),
+])
+def test_step_counts_must_be_positive_integers(override, message):
+    with pytest.raises(InputError, match=f"^{override.split('=')[0]}: {message}$"):
         load_config("vessels", [override])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.lr=abc", "train.lr: expected a number, got 'abc'"),
+    ("train.max_minutes='ten'", "train.max_minutes: expected a number, got 'ten'"),
+    ("train.weight_decay=[0.1]", "train.weight_decay: expected a number, got [0.1]"),
+    ("data.spacing=1.5", "data.spacing: expected a list of numbers, got 1.5"),
+    ("data.spacing=[1, 'a', 1]", "data.spacing: expected a list of numbers, got [1, 'a', 1]"),
+    ("data.patch_size=[32.5, 32, 32]", "data.patch_size: expected a list of integers, got [32.5, 32, 32]"),
+    ("data.exclude=[7]", "data.exclude: expected a list of strings, got [7]"),
+    ("augment.enabled=1", "augment.enabled: expected true or false, got 1"),
+    ("data.normalize=3", "data.normalize: expected a string, got 3"),
+    ("data.resample_labels='yes'", "data.resample_labels: expected true or false, got 'yes'"),
+])
+def test_every_value_must_have_its_defaults_type(override, message):
+    """Types are checked when the configuration resolves, before any data is read."""
+    with pytest.raises(InputError) as err:
+        load_config("vessels", [override])
+    assert str(err.value) == message
+
+
+@pytest.mark.parametrize("override, key, value", [
+    ("train.lr=1", "lr", 1), ("train.max_minutes=2", "max_minutes", 2), ("train.weight_decay=0", "weight_decay", 0),
+])
+def test_integers_are_numbers(override, key, value):
+    assert load_config("vessels", [override])["train"][key] == value
+
+
+def test_presets_and_toml_files_are_type_checked(tmp_path):
+    for name in ("vessels", "gi"):
+        load_config(name)
+    path = tmp_path / "c.toml"
+    path.write_text("[data]\nspacing = \"2mm\"\n")
+    with pytest.raises(InputError, match="^data.spacing: expected a list of numbers, got '2mm'$"):
+        load_config(path)

@@ -11,9 +11,10 @@ import pytest
 import torch
 from scipy import ndimage
 
+from seg25d.models import Feeding
 from seg25d.models.slicestack import SliceStack25D
 from seg25d.pipeline.config import DEFAULTS
-from seg25d.pipeline.data import (BatchSampler, Case, group_folds, load_cases, model_family, split_manifest,
+from seg25d.pipeline.data import (BatchSampler, Case, group_folds, load_cases, split_manifest,
                                   step_generator, task_for)
 from seg25d.pipeline.errors import InputError
 from seg25d.pipeline.io import synthetic_meta, write_mask, write_volume
@@ -62,14 +63,7 @@ def _position(value: float) -> tuple[int, int, int, int]:
     return v // 100000, v % 100000 // 1000, v % 1000 // 32, v % 1000 % 32
 
 
-# --- families, task ------------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("name, family", [("projection25d", "volume"), ("unet3d", "patches"), ("monai_unet", "patches"),
-                                          ("slicestack25d", "stacks"), ("unet2d", "slices"), ("segnet", "slices"),
-                                          ("unetpp", "slices")])
-def test_model_family(name, family):
-    assert model_family(name) == family
-
+# --- task ------------------------------------------------------------------------------------------
 
 def test_task_inferred_from_label_files(tmp_path):
     meta = synthetic_meta((3, 4, 5))
@@ -265,8 +259,8 @@ def test_batches_pure_function_of_seed_and_step(family, stack):
                               "scale_intensity": 0.2, "gamma": 0.3},
                      train={"batch_size": 2, "slices_per_step": 6}, data={"patch_size": [4, 8, 8]})
     cases = _random_cases()
-    first = BatchSampler(cases, family, config, stack=stack)
-    second = BatchSampler(cases, family, config, stack=stack)  # a fresh sampler, as after a resume
+    first = BatchSampler(cases, Feeding(family, *stack), config)
+    second = BatchSampler(cases, Feeding(family, *stack), config)  # a fresh sampler, as after a resume
     x1, y1 = first.batch(step_generator(7, 3))
     first.batch(step_generator(7, 4))  # drawing other steps in between changes nothing
     x2, y2 = second.batch(step_generator(7, 3))
@@ -284,8 +278,8 @@ def test_batches_pure_function_of_seed_and_step(family, stack):
     ("stacks", (5, 1, "mirror"), (5, 10, 10, 12), (5, 1, 10, 12)),
 ])
 def test_batch_shapes(family, stack, x_shape, y_shape):
-    sampler = BatchSampler(_random_cases(channels=2), family,
-                           _config(train={"batch_size": 3, "slices_per_step": 5}), stack=stack)
+    sampler = BatchSampler(_random_cases(channels=2), Feeding(family, *stack),
+                           _config(train={"batch_size": 3, "slices_per_step": 5}))
     x, y = sampler.batch(step_generator(0, 0))
     assert tuple(x.shape) == x_shape and tuple(y.shape) == y_shape
     assert x.dtype == torch.float32 and y.dtype == torch.float32
@@ -295,7 +289,7 @@ def test_batch_shapes(family, stack, x_shape, y_shape):
 def test_volume_batch_pads_to_largest():
     shapes = [(6, 8, 8), (4, 10, 7)]
     cases = [_case(f"c{i}", _encoded(s) + 1, np.ones((1, *s), bool)) for i, s in enumerate(shapes)]
-    x, y = BatchSampler(cases, "volume", _config(train={"batch_size": 8})).batch(step_generator(0, 0))
+    x, y = BatchSampler(cases, Feeding("volume"), _config(train={"batch_size": 8})).batch(step_generator(0, 0))
     assert tuple(x.shape) == (8, 1, 6, 10, 8)
     drawn = set()
     for xi, yi in zip(x, y):
@@ -325,7 +319,7 @@ def test_stack_channels_are_neighbouring_slices(k, stride, edge):
     for d in range(depth):
         masks[0, d, d, :] = True  # the mask names its slice too
     case = _case("c", image, masks)
-    sampler = BatchSampler([case], "stacks", _config(train={"slices_per_step": 40}), stack=(k, stride, edge))
+    sampler = BatchSampler([case], Feeding("stacks", k, stride, edge), _config(train={"slices_per_step": 40}))
     model = SliceStack25D(channels, 1, slices=k, stride=stride, edge=edge, backbone_options={"depth": 2,
                                                                                              "base_channels": 4})
     x, y = sampler.batch(step_generator(0, 0))
@@ -350,7 +344,7 @@ def test_patch_crops_are_subvolumes():
     masks[0, 1:4, 2:7, 3:5] = True
     case = _case("c", _encoded(shape), masks)
     config = _config(data={"patch_size": [3, 5, 6], "foreground_fraction": 0.5}, train={"batch_size": 16})
-    x, y = BatchSampler([case], "patches", config).batch(step_generator(0, 1))
+    x, y = BatchSampler([case], Feeding("patches"), config).batch(step_generator(0, 1))
     assert tuple(x.shape) == (16, 1, 3, 5, 6) and tuple(y.shape) == (16, 1, 3, 5, 6)
     starts = set()
     for xi, yi in zip(x, y):
@@ -361,10 +355,10 @@ def test_patch_crops_are_subvolumes():
     assert len(starts) > 3
     # a patch larger than the volume along an axis takes the whole axis
     config["data"]["patch_size"] = [10, 5, 5]
-    x, _ = BatchSampler([case], "patches", config).batch(step_generator(0, 2))
+    x, _ = BatchSampler([case], Feeding("patches"), config).batch(step_generator(0, 2))
     assert tuple(x.shape) == (16, 1, 6, 5, 5)
     # projection25d ("volume") always sees whole volumes
-    x, _ = BatchSampler([case], "volume", config).batch(step_generator(0, 2))
+    x, _ = BatchSampler([case], Feeding("volume"), config).batch(step_generator(0, 2))
     assert tuple(x.shape) == (16, 1, *shape)
 
 
@@ -376,7 +370,7 @@ def test_patch_foreground_fraction():
     hits = {}
     for fraction in (0.0, 1.0):
         config = _config(data={"patch_size": [4, 4, 4], "foreground_fraction": fraction}, train={"batch_size": 32})
-        sampler = BatchSampler([case], "patches", config)
+        sampler = BatchSampler([case], Feeding("patches"), config)
         y = torch.cat([sampler.batch(step_generator(0, s))[1] for s in range(4)])
         hits[fraction] = int(y.flatten(1).any(1).sum())
     assert hits[1.0] == 128
@@ -392,7 +386,7 @@ def test_slice_foreground_fraction(family):
     share = {}
     for fraction in (0.0, 0.5, 1.0):
         config = _config(data={"foreground_fraction": fraction}, train={"slices_per_step": 128})
-        sampler = BatchSampler([case], family, config, stack=(3, 1, "clamp"))
+        sampler = BatchSampler([case], Feeding(family, 3, 1, "clamp"), config)
         y = torch.cat([sampler.batch(step_generator(1, s))[1] for s in range(4)])
         share[fraction] = float(y.flatten(1).any(1).float().mean())
     assert share[1.0] == 1.0
@@ -414,7 +408,7 @@ def test_flips_apply_to_image_and_mask(family, flip_axes):
     case = _case("c", image, masks)
     config = _config(augment={"enabled": True, "flip_axes": flip_axes, "scale_intensity": 0.0},
                      train={"slices_per_step": 32, "batch_size": 32})
-    x, y = BatchSampler([case], family, config, stack=(1, 1, "clamp")).batch(step_generator(0, 0))
+    x, y = BatchSampler([case], Feeding(family), config).batch(step_generator(0, 0))
     corners = set()
     for xi, yi in zip(x, y):
         assert torch.equal(yi, _pattern(xi)), "image and mask flipped differently"
@@ -433,7 +427,7 @@ def test_depth_flip_ignored_for_slices():
     case = _case("c", _encoded(shape), np.zeros((1, *shape), bool))
     config = _config(augment={"enabled": True, "flip_axes": [0], "scale_intensity": 0.0},
                      train={"slices_per_step": 16})
-    x, _ = BatchSampler([case], "slices", config).batch(step_generator(0, 0))
+    x, _ = BatchSampler([case], Feeding("slices"), config).batch(step_generator(0, 0))
     for xi in x:
         d = _position(xi[0, 0, 0])[1]
         assert torch.equal(xi[0], torch.from_numpy(case.image[0, d]))
@@ -443,7 +437,7 @@ def test_intensity_scaling_per_sample():
     shape = (4, 6, 7)
     case = _case("c", _encoded(shape) + 1, np.ones((1, *shape), bool))
     config = _config(augment={"enabled": True, "flip_axes": [], "scale_intensity": 0.1}, train={"batch_size": 8})
-    x, y = BatchSampler([case], "volume", config).batch(step_generator(0, 0))
+    x, y = BatchSampler([case], Feeding("volume"), config).batch(step_generator(0, 0))
     ratios = x / torch.from_numpy(case.image)
     factors = ratios.flatten(1)[:, 0]
     assert torch.allclose(ratios, factors.view(-1, 1, 1, 1, 1).expand_as(ratios), rtol=1e-5)
@@ -458,7 +452,7 @@ def test_rotation_moves_image_and_mask_together():
     case = _case("c", masks.astype(np.float32), masks)
     config = _config(augment={"enabled": True, "flip_axes": [], "rotate_degrees": 40.0, "scale_intensity": 0.0},
                      train={"slices_per_step": 16})
-    x, y = BatchSampler([case], "slices", config).batch(step_generator(0, 0))
+    x, y = BatchSampler([case], Feeding("slices"), config).batch(step_generator(0, 0))
     assert set(torch.unique(y).tolist()) <= {0.0, 1.0}
     assert not torch.equal(y[:, 0], torch.from_numpy(masks[0, :1]).float().expand(16, -1, -1))
     for xi, yi in zip(x, y):

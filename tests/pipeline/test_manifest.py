@@ -11,6 +11,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+import SimpleITK as sitk
 
 from seg25d.pipeline.cli import main
 from seg25d.pipeline.errors import InputError
@@ -18,6 +19,9 @@ from seg25d.pipeline.io import synthetic_meta, write_mask, write_volume
 from seg25d.pipeline.manifest import (
     LabelSpec,
     check_manifest,
+    geometry_problem,
+    label_on_image_grid,
+    label_value_problem,
     read_label_spec,
     read_manifest,
     sidecar_path,
@@ -100,6 +104,13 @@ def test_write_manifest_writes_relative_paths_and_round_trips(tmp_path, as_frame
     ("case_id,image\na,\n", "empty image path"),
     ("case_id,image,split\na,x.nii.gz,training\n", "split 'training' is not one of train, val, test"),
     ("case_id,image,split\na,x.nii.gz,Train\n", "split 'Train'"),
+    ("case_id,image,label,split\n", "no cases (the CSV has a header only)"),
+    ("case_id,image\na,x.nii.gz\n../../evil,y.nii.gz\n", "line 3: case_id '../../evil' holds a path separator"),
+    ("case_id,image\n/abs/evil,y.nii.gz\n", "line 2: case_id '/abs/evil' holds a path separator"),
+    ("case_id,image\nsub\\evil,y.nii.gz\n", "line 2: case_id 'sub\\\\evil' holds a path separator"),
+    ("case_id,image\n..,y.nii.gz\n", "line 2: case_id '..' is '.' or '..'"),
+    ("case_id,image\n\"a\nb\",y.nii.gz\n", "line 2: case_id 'a\\nb' holds a control character"),
+    ("case_id,image\n" + "x" * 201 + ",y.nii.gz\n", "is longer than 200 bytes"),
 ])
 def test_invalid_manifest_raises_naming_the_csv(tmp_path, text, problem):
     path = write_text(tmp_path / "bad.csv", text)
@@ -109,6 +120,41 @@ def test_invalid_manifest_raises_naming_the_csv(tmp_path, text, problem):
     assert message.startswith(f"{path}: ")
     assert problem in message
     assert "\n" not in message
+
+
+def test_label_value_problem_reports_non_integer_values_alone():
+    spec = LabelSpec(("liver",), (1,))
+    assert label_value_problem(np.array([0.0, 1.0, 0.5, 0.5, 0.25]), spec) == \
+        "label volume holds non-integer values 0.25, 0.5"
+    assert label_value_problem(np.array([0, 1, 3, 7], np.uint8), spec) == \
+        "label values [3, 7] outside the declared classes {'liver': 1} (index)"
+    assert label_value_problem(np.array([0.0, 1.0]), spec) is None
+    assert LabelSpec.infer([0.0, 0.5, 2.0]).values == (2,)  # non-integer values name no class
+
+
+def test_label_on_image_grid_matches_simpleitk_nearest_resampling(tmp_path):
+    """A label 5 mm off its image: refused with manifest check's message, or resampled like SimpleITK does."""
+    from seg25d.pipeline.io import read_volume
+
+    label = np.zeros(SHAPE, np.uint8)
+    label[1:5, 2:6, 1:7] = 2
+    label[2:4, 3:5, 2:4] = 1
+    moved = synthetic_meta(SHAPE, spacing=(2.0, 0.75, 0.75), origin=(-1.5, 4.0, 10.0))  # 1.5 mm along R
+    write_volume(tmp_path / "image.nii.gz", np.zeros(SHAPE, np.float32), META)
+    write_mask(tmp_path / "label.nii.gz", label, moved)
+    image, moved_label = read_volume(tmp_path / "image.nii.gz"), read_volume(tmp_path / "label.nii.gz")
+    with pytest.raises(InputError) as excinfo:
+        label_on_image_grid(moved_label, image.meta)
+    problem = geometry_problem(moved_label.meta, image.meta)
+    assert problem == "label geometry (spacing/origin/direction) differs from the image's"
+    assert str(excinfo.value).startswith(f"{tmp_path / 'label.nii.gz'}: {problem} (data.resample_labels")
+    resampled = label_on_image_grid(moved_label, image.meta, resample=True)
+    expected = sitk.Resample(sitk.ReadImage(str(tmp_path / "label.nii.gz")),
+                             sitk.ReadImage(str(tmp_path / "image.nii.gz")), sitk.Transform(),
+                             sitk.sitkNearestNeighbor, 0)
+    np.testing.assert_array_equal(resampled, sitk.GetArrayFromImage(expected))
+    assert resampled.dtype == label.dtype and 0 < (resampled > 0).sum() < (label > 0).sum()
+    assert label_on_image_grid(image, image.meta) is image.array  # same grid: untouched
 
 
 def test_missing_manifest(tmp_path):

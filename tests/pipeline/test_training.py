@@ -3,7 +3,6 @@ reproducibility, resume after ``kill -9``, the two-path schedule of projection25
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import shutil
@@ -18,7 +17,7 @@ import pytest
 import torch
 
 from seg25d.pipeline import training
-from seg25d.pipeline.checkpoint import FORMAT, load_checkpoint, load_model
+from seg25d.pipeline.checkpoint import FORMAT, VERSION, load_checkpoint, load_model
 from seg25d.pipeline.cli import main
 from seg25d.pipeline.config import load_config
 from seg25d.pipeline.errors import InputError
@@ -123,8 +122,9 @@ def test_every_model_trains_through_the_command(manifest, tmp_path, name, capsys
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
     metrics = pd.read_csv(out / "metrics.csv")
     assert list(metrics.step) == [0, 1, 2]
-    columns = {"path", "loss", "loss_main", "loss_aux", "lr", "seconds", "val_dice_vessel", "val_dice_mean"}
-    assert columns <= set(metrics)
+    columns = {"path", "loss", "loss_main", "loss_aux", "lr", "step_seconds", "seconds", "val_dice_vessel",
+               "val_dice_mean"}
+    assert columns <= set(metrics) and "peak_extra_mb" not in metrics  # no memory probe outside benchmarks
     assert np.isfinite(metrics.loss).all() and np.isfinite(metrics.loss_main).all()
     projection = name.startswith("projection25d")
     assert list(metrics.path) == ([1, 1, 1] if projection else [0, 0, 0])
@@ -148,6 +148,40 @@ def test_every_model_trains_in_bf16(manifest, tmp_path, name, no_curves):
     assert np.isfinite(metrics.loss).all() and metrics.val_dice_mean.dropna().between(0, 1).all()
 
 
+# --- callbacks -------------------------------------------------------------------------------------------------
+
+def test_callbacks_see_every_step_and_validation(manifest, tmp_path, no_curves):
+    from seg25d.pipeline.callbacks import TrainerCallback
+    from seg25d.pipeline.memory import StepMemory
+
+    class Recorder(TrainerCallback):
+        def __init__(self):
+            self.events = []
+
+        def before_step(self, trainer):
+            self.events.append(("before", trainer.step, trainer.elapsed))
+
+        def after_step(self, trainer, row):
+            self.events.append(("after", trainer.step, row["step"]))
+            row["seen_by_callback"] = trainer.step
+
+        def after_validation(self, trainer, scores):
+            self.events.append(("validation", trainer.step, sorted(scores)))
+
+    recorder = Recorder()
+    train(load_config("vessels", _sets(manifest, *MODELS["unet2d"])), tmp_path / "run",
+          callbacks=[recorder, StepMemory()])
+    kinds = [(kind, step) for kind, step, _ in recorder.events]
+    assert kinds == [("before", 0), ("after", 1), ("before", 1), ("after", 2), ("validation", 2), ("before", 2),
+                     ("after", 3), ("validation", 3)]
+    assert recorder.events[0][2] == 0.0 and recorder.events[2][2] > 0  # the step seconds so far
+    assert recorder.events[4][2] == ["val_dice_mean", "val_dice_vessel"]
+    metrics = pd.read_csv(tmp_path / "run" / "metrics.csv")
+    assert list(metrics.seen_by_callback) == [1, 2, 3]  # a callback's columns reach metrics.csv
+    if os.path.exists("/proc/self/clear_refs"):
+        assert (metrics.peak_extra_mb >= 0).all()
+
+
 # --- checkpoints -----------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -168,7 +202,7 @@ def test_train_result_and_config_json(small_run):
 def test_checkpoint_contents(small_run):
     out, config, _ = small_run
     payload = torch.load(out / "last.pt", map_location="cpu", weights_only=True)  # no pickled code needed
-    assert payload["format"] == FORMAT
+    assert payload["format"] == FORMAT and payload["version"] == VERSION
     assert {"model_config", "model_state", "optimizer_state", "scheduler_state", "rng", "step", "config", "classes",
             "preprocessing", "task", "sigmoid", "best_score", "elapsed_seconds", "path2_started"} <= set(payload)
     assert payload["step"] == 3 and payload["config"] == config
@@ -188,64 +222,17 @@ def test_checkpoint_contents(small_run):
     assert best["step"] in (2, 3) and best["best_score"] == payload["best_score"]
 
 
-def test_checkpoint_from_before_an_option_rebuilds_the_model_it_was(small_run):
-    """A stored config without ``slabs`` or ``infer_directions`` was trained on whole-ray MIPs and inferred
-    with every view, whatever today's preset says."""
-    out, _, _ = small_run
-    payload = load_checkpoint(out / "last.pt")
-    options = payload["model_config"]["options"]
-    options["directions"], options["infer_directions"] = 4, 2
-    model = load_model(out / "last.pt", payload)
-    assert (model.slabs, model.infer_directions) == (options["slabs"], 2)
-    del options["slabs"], options["infer_directions"]
-    model = load_model(out / "last.pt", payload)
-    assert (model.slabs, model.infer_directions) == (1, 4)
-
-
-def test_checkpoint_from_before_sum_input_has_no_line_sums():
-    """A stored projection25d config without ``sum_input`` was trained without line sums; today's default has them."""
-    from seg25d.models import build
-
-    options = {"directions": 2, "train_directions": 2, "unet": {"depth": 2, "base_channels": 4}, "head_channels": 4}
-    trained = build("projection25d", 1, 1, **options, sum_input=False).eval()
-    config = copy.deepcopy(trained.config)
-    del config["options"]["sum_input"]
-    model = load_model("old.pt", {"model_config": config, "model_state": trained.state_dict()})
-    assert not model.sum_input and build("projection25d", 1, 1, **options).sum_input
-    x = torch.randn(1, 1, 6, 8, 9)
-    with torch.no_grad():
-        assert torch.equal(model(x), trained(x))
-
-
-def test_checkpoint_from_before_instance_norm_keeps_its_batch_norms():
-    """A stored projection25d config whose U-Net options name no ``norm`` was trained with batch norms; today's
-    default normalises per image."""
-    from seg25d.models import build
-
-    options = {"directions": 2, "train_directions": 2, "unet": {"depth": 2, "base_channels": 4}, "head_channels": 4}
-    trained = build("projection25d", 1, 1, **{**options, "unet": {**options["unet"], "norm": "batch"}})
-    trained.train()(torch.randn(1, 1, 6, 8, 9) * 2 + 1)  # running statistics away from 0 and 1
-    trained.eval()
-    config = copy.deepcopy(trained.config)
-    del config["options"]["unet"]["norm"]
-    model = load_model("old.pt", {"model_config": config, "model_state": trained.state_dict()})
-    kinds = lambda m: {type(n).__name__ for n in m.unet.modules() if "Norm" in type(n).__name__}  # noqa: E731
-    assert kinds(model) == {"BatchNorm2d"} and kinds(build("projection25d", 1, 1, **options)) == {"InstanceNorm2d"}
-    x = torch.randn(1, 1, 6, 8, 9)
-    with torch.no_grad():
-        assert torch.equal(model(x), trained(x))
-
-
 def test_corrupt_checkpoint_named(small_run, tmp_path, capsys):
     out, config, _ = small_run
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a checkpoint at all")
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes((out / "last.pt").read_bytes()[:2000])
-    for path in (garbage, truncated):
+    problems = ((garbage, "not a readable checkpoint"), (truncated, "not a seg25d checkpoint (empty/truncated file)"))
+    for path, problem in problems:
         with pytest.raises(InputError) as info:
             load_checkpoint(path)
-        assert str(info.value).startswith(f"{path}: ") and "not a readable checkpoint" in str(info.value)
+        assert str(info.value).startswith(f"{path}: {problem}")
     other = tmp_path / "other.pt"
     torch.save({"model_state": {}}, other)
     with pytest.raises(InputError, match="not a seg25d checkpoint"):
@@ -321,6 +308,7 @@ def _kill_midway(proc: subprocess.Popen, checkpoint, steps: int, timeout: float 
     pytest.fail("training subprocess did not checkpoint in time")
 
 
+@pytest.mark.slow
 def test_resume_after_kill_is_bit_identical(manifest, tmp_path, no_curves):
     steps = 10
     sets = _sets(manifest, TINY_P25, "train.checkpoint_every=1", "train.val_every=4", "train.path2_fraction=0.3",
@@ -426,13 +414,13 @@ def test_path2_and_evaluation_run_the_inference_views(manifest, tmp_path, monkey
         return encode(self, x, views)
 
     monkeypatch.setattr(Projection25D, "encode", spy)
-    sets = _sets(manifest, TINY_P25, "model.options.directions=4", "model.options.infer_directions=2",
+    sets = _sets(manifest, TINY_P25, "model.options.directions=4",
                  "train.schedule=path1_then_path2", "train.path2_fraction=0.5", "train.val_every=2", steps=4)
     train(load_config("vessels", sets), tmp_path / "run")
     path1 = [views for drawn, views in seen if drawn]
     rest = [views for drawn, views in seen if not drawn]
     assert len(path1) == 2 and all(len(views) == 2 for views in path1)  # train_directions
-    assert rest and all(views == [1, 3, 5, 7, 9, 11] for views in rest)  # 2 of 4 per axis, off the axes
+    assert rest and all(views == list(range(12)) for views in rest)  # every view: 4 per axis
 
 
 def test_alternate_schedule(manifest, tmp_path, monkeypatch, no_curves):
@@ -507,6 +495,7 @@ def test_bad_settings(manifest, tmp_path, override, match):
 
 # --- data parallel ---------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_torchrun_two_processes(manifest, tmp_path):
     steps = 4
     out = tmp_path / "ddp"

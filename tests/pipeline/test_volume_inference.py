@@ -9,7 +9,7 @@ from scipy import special
 from torch import nn
 
 import seg25d.pipeline.volume_inference as vi
-from seg25d.models import build
+from seg25d.models import Feeding, build
 from seg25d.pipeline.volume_inference import logits_to_probabilities, predict_logits, predict_probabilities
 
 TINY_UNET = {"depth": 2, "base_channels": 4}
@@ -39,12 +39,14 @@ def _input(shape, seed: int = 1) -> torch.Tensor:
 class Pointwise2d(nn.Conv2d):
     """A 1x1 2D convolution: pixel-local, hence equivariant to every flip and independent of tiling."""
 
+    feeding = Feeding("slices")
+
     def __init__(self, channels_in: int = 1, channels_out: int = 2):
         super().__init__(channels_in, channels_out, 1)
 
 
 class Pointwise3d(nn.Conv3d):
-    spatial_dims = 3
+    feeding = Feeding("patches")
 
     def __init__(self, channels_in: int = 1, channels_out: int = 2):
         super().__init__(channels_in, channels_out, 1)
@@ -52,6 +54,8 @@ class Pointwise3d(nn.Conv3d):
 
 class Ramp2d(nn.Module):
     """Logits ``x + a * y/(H-1) + b * x/(W-1)``: position dependent, so TTA has a closed form."""
+
+    feeding = Feeding("slices")
 
     def __init__(self, a: float, b: float):
         super().__init__()
@@ -261,6 +265,8 @@ def test_tta_equals_the_mean_over_flips_for_a_real_network():
 # --- train/eval mode restored -----------------------------------------------------------------------------------
 
 class Exploding(nn.Module):
+    feeding = Feeding("slices")
+
     def __init__(self):
         super().__init__()
         self.bn = nn.BatchNorm2d(1)

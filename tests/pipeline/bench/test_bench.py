@@ -117,11 +117,17 @@ def test_every_ablation_entry_builds_and_runs():
         small = {**options.get("unet", {}), "depth": 2, "base_channels": 4}
         model = build("projection25d", 1, 1, **{**options, "unet": small})
         assert model(x).shape == x.shape, label
-    # the last steps of the ladder: half the views at inference, line sums, all the views again, instance norm
-    *_, (all_views, _), (subset, _), (sums, _), (again, _), (default, _) = ABLATIONS.values()
-    assert default == {"preset": "default"}
-    steps = [build("projection25d", 1, 1, **options) for options in (all_views, subset, sums, again, default)]
-    assert [(m.infer_directions, m.sum_input) for m in steps] == [(8, False), (4, False), (4, True), (8, True),
-                                                                    (8, True)]
-    norms = [{type(n).__name__ for n in m.unet.modules() if "Norm" in type(n).__name__} for m in steps]
-    assert norms == [{"BatchNorm2d"}] * 4 + [{"InstanceNorm2d"}]
+    # from the paper's head to the default, each step of the ladder changes one thing
+    labels = list(ABLATIONS)
+    first, last = labels.index("+ MIP lifting, 2 channels, volume head"), labels.index(
+        "+ instance norm in the U-Net = default")
+    steps = [build("projection25d", 1, 1, **ABLATIONS[label][0]) for label in labels[first:last + 1]]
+    assert ABLATIONS[labels[last]][0] == {"preset": "default"}
+
+    def norm(m):
+        return {type(n).__name__ for n in m.unet.modules() if "Norm" in type(n).__name__}
+
+    seen = [(m.aux_loss, m.slabs, m.train_directions, m.sum_input, norm(m)) for m in steps]
+    assert seen == [(False, 1, 6, False, {"BatchNorm2d"}), (True, 1, 6, False, {"BatchNorm2d"}),
+                    (True, 3, 3, False, {"BatchNorm2d"}), (True, 3, 3, True, {"BatchNorm2d"}),
+                    (True, 3, 3, True, {"InstanceNorm2d"})]

@@ -64,6 +64,7 @@ def test_turn_seconds_zero_runs_one_after_another(tmp_path):
     assert [(o.status, o.turns) for o in outcomes] == [(0, 0), (0, 0)]
 
 
+@pytest.mark.slow
 def test_seg25d_train_waits_for_its_turn_before_every_step(tmp_path):
     """Turns shorter than any step: each of the three steps of each run needs a turn of its own."""
     manifest = write_vessel_dataset(tmp_path / "data", n=4, shape=(8, 12, 12), seed=0, progress=False)
@@ -77,9 +78,12 @@ def test_seg25d_train_waits_for_its_turn_before_every_step(tmp_path):
     outcomes = run_in_turns(commands, logs, turn_seconds=1e-9)
     assert [(o.status, o.turns) for o in outcomes] == [(0, 3), (0, 3)], [log.read_text()[-500:] for log in logs]
     for model in ("unet2d", "unet3d"):
-        assert len(pd.read_csv(tmp_path / model / "metrics.csv")) == 3
+        metrics = pd.read_csv(tmp_path / model / "metrics.csv")
+        assert len(metrics) == 3 and "step_seconds" in metrics
+        assert "peak_extra_mb" not in metrics  # the memory callback only where bench asks for it
 
 
+@pytest.mark.slow
 def test_bench_compare_reports_a_failed_model_after_testing_the_others(tmp_path):
     from seg25d.pipeline.bench.compare import run_entries
     from seg25d.pipeline.errors import InputError
@@ -93,3 +97,5 @@ def test_bench_compare_reports_a_failed_model_after_testing_the_others(tmp_path)
     rows = pd.read_csv(tmp_path / "out" / "compare.csv")
     assert rows.model.tolist() == ["tiny"] and rows.turns[0] >= 1 and rows.steps[0] >= 1
     assert "no_such_option" in (tmp_path / "out" / "broken" / "train.log").read_text()
+    metrics = pd.read_csv(tmp_path / "out" / "tiny" / "run" / "metrics.csv")
+    assert (metrics.peak_extra_mb >= 0).all()  # bench's trainings measure each step's memory

@@ -567,3 +567,47 @@ def test_volume_type():
     shifted[0, 3] += 0.01
     assert not same_geometry(meta, meta.replace(affine=shifted))
     assert same_geometry(meta, meta.replace(path="elsewhere.nrrd", format="sitk"))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# NIfTI spatial units
+
+
+@pytest.mark.parametrize("unit, mm", [("micron", 0.001), ("meter", 1000.0), ("mm", 1.0), ("unknown", 1.0)])
+def test_nifti_units_are_read_in_mm_as_simpleitk_reads_them(tmp_path, unit, mm):
+    """Spacing and world positions in mm (SimpleITK converts too); a mask keeps the file's header and units."""
+    affine_ijk = oblique_affine(spacing=(2.5, 0.9, 0.6)) @ np.array(
+        [[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]], float)
+    affine_ijk[:3] /= mm  # the same geometry written in the file's unit
+    img = nib.Nifti1Image(np.arange(5 * 6 * 7, dtype=np.int16).reshape(7, 6, 5), affine_ijk)
+    img.header.set_xyzt_units(unit, "sec")
+    path = tmp_path / "src.nii.gz"
+    nib.save(img, str(path))
+    source = read_volume(path)
+    reference = sitk.ReadImage(str(path))
+    np.testing.assert_allclose(source.meta.spacing, (2.5, 0.9, 0.6), rtol=1e-6)
+    np.testing.assert_allclose(source.meta.spacing, reference.GetSpacing()[::-1], rtol=1e-6)
+    points = sample_indices(source.meta.shape)
+    np.testing.assert_allclose(world_from_meta(source.meta, points), world_from_sitk(reference, points), atol=1e-3)
+
+    out = write_mask(tmp_path / "mask.nii.gz", source.array > 50, source.meta)
+    src, dst = nib.load(str(path)), nib.load(str(out))
+    np.testing.assert_array_equal(dst.affine, src.affine)  # exactly: the header came back unchanged
+    np.testing.assert_array_equal(dst.header.get_sform(), src.header.get_sform())
+    np.testing.assert_array_equal(dst.header.get_qform(), src.header.get_qform())
+    assert dst.header.get_xyzt_units() == src.header.get_xyzt_units()
+    np.testing.assert_array_equal(read_volume(out).meta.affine, source.meta.affine)
+
+
+def test_nifti_in_microns_written_as_nrrd_is_in_mm(tmp_path):
+    img = nib.Nifti1Image(np.zeros((5, 6, 7), np.uint8), np.diag([400.0, 500.0, 600.0, 1.0]))
+    img.header.set_xyzt_units("micron")
+    nib.save(img, str(tmp_path / "u.nii.gz"))
+    source = read_volume(tmp_path / "u.nii.gz")
+    out = write_mask(tmp_path / "u.nrrd", source.array, source.meta)
+    np.testing.assert_allclose(sitk.ReadImage(str(out)).GetSpacing(), (0.4, 0.5, 0.6), rtol=1e-9)
+
+
+def test_meta_without_a_nifti_header_is_written_in_mm(tmp_path):
+    out = write_mask(tmp_path / "s.nii.gz", np.ones((2, 3, 4), np.uint8), synthetic_meta((2, 3, 4), (2.0, 1.0, 0.5)))
+    assert nib.load(str(out)).header.get_xyzt_units()[0] == "mm"

@@ -1,0 +1,177 @@
+"""``seg25d bench memory``: training memory and step time with the preprocessed cache against loading into memory.
+
+On ``n`` synthetic vessel volumes (all in the training split) and on the first ``n // 10`` of them, each model
+trains ``steps`` steps in a fresh ``seg25d train`` process, once from the cache with ``workers`` batch-making
+processes and once as before (cases in memory, batches made in the training process), the two modes one after
+the other for each case count. The process tree (workers included) is sampled from ``/proc``: peak summed
+resident memory (RSS; shared pages counted in every process) and peak summed proportional set size (PSS: pages
+shared between the trainer and its forked workers counted once, the tree's real footprint). Step and data-wait
+times are medians from ``metrics.csv`` after the first step. First-run preprocessing throughput and the cache's
+size on disk are measured before the runs, which then reuse the cache.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from seg25d.pipeline.atomic import write_csv, write_json, write_text
+from seg25d.pipeline.manifest import read_manifest, sidecar_path, write_manifest
+
+__all__ = ["bench_memory", "tree_memory_mb", "MEMORY_MODELS"]
+
+MEMORY_MODELS = ("projection25d", "unet2d")
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return out
+
+
+def _field_kb(path: Path, key: str) -> int:
+    try:
+        for line in path.read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def tree_memory_mb(pid: int) -> tuple[float, float]:
+    """Summed RSS and PSS (MiB) of ``pid`` and all its descendants, from ``/proc``."""
+    rss = pss = 0
+    stack = [pid]
+    while stack:
+        p = stack.pop()
+        rss += _field_kb(Path(f"/proc/{p}/status"), "VmRSS")
+        pss += _field_kb(Path(f"/proc/{p}/smaps_rollup"), "Pss")
+        stack += _children(p)
+    return rss / 1024, pss / 1024
+
+
+def _watched(cmd: list[str], log: Path, interval: float = 0.1) -> dict:
+    """Run ``cmd``; its wall time and the peak memory of its process tree."""
+    peak = {"rss": 0.0, "pss": 0.0}
+    start = time.perf_counter()
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ))
+        done = threading.Event()
+
+        def sample():
+            while not done.is_set():
+                rss, pss = tree_memory_mb(proc.pid)
+                peak["rss"], peak["pss"] = max(peak["rss"], rss), max(peak["pss"], pss)
+                done.wait(interval)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        code = proc.wait()
+        done.set()
+        sampler.join()
+    if code:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({code}); see {log}")
+    return {"wall_seconds": round(time.perf_counter() - start, 2), "peak_rss_mb": round(peak["rss"], 1),
+            "peak_pss_mb": round(peak["pss"], 1)}
+
+
+def _dataset(out: Path, n: int, shape, seed: int) -> tuple[Path, Path]:
+    """The full manifest (every case in the training split) and one of its first ``n // 10`` cases."""
+    from seg25d.pipeline.synth.vessels import write_vessel_dataset
+
+    manifest = out / "data" / "manifest.csv"
+    if not manifest.exists():
+        write_vessel_dataset(out / "data", n=n, shape=tuple(shape), seed=seed, progress=False)
+    frame = read_manifest(manifest).assign(split="train")
+    full, small = out / "data" / "all.csv", out / "data" / "first.csv"
+    for path, rows in ((full, frame), (small, frame.iloc[: max(1, n // 10)])):
+        write_manifest(path, rows)
+        write_text(sidecar_path(path), sidecar_path(manifest).read_text(encoding="utf-8"))
+    return full, small
+
+
+def bench_memory(out: str | os.PathLike, n: int = 400, shape=(128, 128, 128), steps: int = 20,
+                 models=MEMORY_MODELS, workers: int = 2, seed: int = 0, config: str = "vessels",
+                 overrides: tuple[str, ...] = ()) -> dict:
+    """Run the benchmark (see the module docstring) into ``out``: ``memory.csv`` (one row per run) and
+    ``memory.json`` (the runs, preprocessing throughput, cache size and the ratios the issue asks about)."""
+    from seg25d.pipeline.cache import CacheStats, prepare_data
+    from seg25d.pipeline.config import load_config
+
+    out = Path(out)
+    full, small = _dataset(out, n, shape, seed)
+    cache = out / "cache"
+    common = [f"train.max_steps={steps}", f"train.checkpoint_every={steps}", f"train.val_every={steps}",
+              "train.max_minutes=0", "train.schedule=path1", "train.progress=false", *overrides]  # every step loads
+
+    stats = CacheStats()
+    _, _, cached, _ = prepare_data(load_config(config, [f"data.manifest={str(full)!r}", *common]), cache,
+                                   progress=False, stats=stats)
+    size = sum(p.stat().st_size for c in cached for p in (c.image_path, c.masks_path) if p is not None)
+    preprocess = {"cases": len(cached), "built": stats.built, "seconds": round(stats.seconds, 2),
+                  "cases_per_second": round(stats.built / stats.seconds, 3) if stats.built else None,
+                  "cache_mb": round(size / 2**20, 3)}
+
+    rows = []
+    for model in models:
+        for manifest, cases in ((small, max(1, n // 10)), (full, n)):
+            for mode, sets in (("cache", [f"data.cache={str(cache)!r}", f"train.workers={workers}"]),
+                               ("memory", ["data.cache=off", "train.workers=0"])):
+                run = out / "runs" / f"{model}-{cases}-{mode}"
+                cmd = [sys.executable, "-m", "seg25d", "train", "--config", config, "--out", str(run)]
+                for text in [f"data.manifest={str(manifest)!r}", f"model.name={model}", *common, *sets]:
+                    cmd += ["--set", text]
+                if run.exists():  # a rerun measures afresh
+                    shutil.rmtree(run)
+                run.parent.mkdir(parents=True, exist_ok=True)
+                row = {"model": model, "cases": cases, "mode": mode, "workers": workers if mode == "cache" else 0}
+                row.update(_watched(cmd, out / "runs" / f"{run.name}.log"))
+                metrics = pd.read_csv(run / "metrics.csv").iloc[1:]  # the first step warms up
+                row["step_seconds"] = round(float(metrics.step_seconds.median()), 4) if len(metrics) else None
+                row["data_seconds"] = round(float(metrics.data_seconds.median()), 4) if len(metrics) else None
+                rows.append(row)
+
+    frame = pd.DataFrame(rows)
+    summary = {}
+    for model in models:
+        r = frame[frame.model == model].set_index(["cases", "mode"])
+        few, many = max(1, n // 10), n
+
+        def ratio(a, b, column):
+            return round(float(r.loc[a, column] / r.loc[b, column]), 3) if r.loc[b, column] else None
+
+        summary[model] = {
+            "pss_ratio_cache_all_vs_first": ratio((many, "cache"), (few, "cache"), "peak_pss_mb"),
+            "pss_ratio_memory_all_vs_first": ratio((many, "memory"), (few, "memory"), "peak_pss_mb"),
+            "step_ratio_cache_vs_memory": ratio((many, "cache"), (many, "memory"), "step_seconds"),
+        }
+    result = {"n": n, "shape": list(shape), "steps": steps, "workers": workers, "models": list(models),
+              "preprocess": preprocess, "summary": summary, "runs": rows}
+    write_csv(out / "memory.csv", frame)
+    write_json(out / "memory.json", result)
+    return result
+
+
+def format_memory(result: dict) -> str:
+    frame = pd.DataFrame(result["runs"])
+    p = result["preprocess"]
+    lines = [frame.to_string(index=False),
+             f"preprocessing: {p['built']} cases in {p['seconds']} s ({p['cases_per_second']} cases/s), "
+             f"cache {p['cache_mb']} MiB"]
+    for model, s in result["summary"].items():
+        lines.append(f"{model}: peak PSS {result['n']} vs {max(1, result['n'] // 10)} cases: "
+                     f"cache x{s['pss_ratio_cache_all_vs_first']}, memory x{s['pss_ratio_memory_all_vs_first']}; "
+                     f"step time cache/memory x{s['step_ratio_cache_vs_memory']}")
+    return "\n".join(lines)

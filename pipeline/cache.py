@@ -1,0 +1,274 @@
+"""Preprocess once, to disk: every case resampled and normalised into memory-mapped ``.npy`` files.
+
+Layout: ``CACHE/<plan>/`` holds, per case, ``<id>.image.npy`` (float32 ``(C, D, H, W)``), ``<id>.masks.npy``
+(bool ``(K, D, H, W)``, absent for unlabelled cases) and ``<id>.json`` (shapes, geometry, and the fingerprint of
+its source files). ``<plan>`` hashes what the arrays depend on: the :class:`Preprocessing` (its fitted statistics
+included) and the label declaration, so a changed plan writes a new folder. A case whose source files changed
+(path, size or modification time), or whose files are missing, truncated or of the wrong shape, is rebuilt with a
+warning. Arrays are written before the index, each through a temporary file renamed into place, so a killed
+run leaves no entry half-written.
+
+Why ``.npy``: numpy reads it memory-mapped with no dependency, a crop touches only its pages, and the format is
+stable and documented; chunked stores (zarr, HDF5) would add a dependency and compression (CPU in the loader)
+for volumes that are read whole or in large crops.
+
+:class:`CachedCase` stands in for :class:`~seg25d.pipeline.data.Case`: its ``image`` and ``masks`` open the
+files memory-mapped on each access, so a process holds only the pages of the batch it is making, and resident
+memory does not grow with the number of cases.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from seg25d.pipeline.atomic import atomic_path, write_json
+from seg25d.pipeline.data import Task, load_cases, split_manifest, task_for
+from seg25d.pipeline.errors import InputError
+from seg25d.pipeline.io import VolumeMeta
+from seg25d.pipeline.preprocess import Preprocessing
+
+__all__ = ["CachedCase", "cache_cases", "cache_folder", "plan_key", "fit_preprocessing", "prepare_data",
+           "default_cache_dir", "resolve_cache_dir", "CacheStats"]
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1  # bump when the layout or the arrays' meaning changes
+
+
+def default_cache_dir() -> Path:
+    """``$SEG25D_CACHE``, else ``$XDG_CACHE_HOME/seg25d``, else ``~/.cache/seg25d``."""
+    if os.environ.get("SEG25D_CACHE"):
+        return Path(os.environ["SEG25D_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "seg25d"
+
+
+def resolve_cache_dir(setting: str) -> Path | None:
+    """``data.cache``: ``""`` the default folder, ``"off"`` no cache (None), anything else a folder."""
+    if setting == "off":
+        return None
+    return Path(setting).expanduser() if setting else default_cache_dir()
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _plan(preprocessing: Preprocessing, task: Task, load_options: dict) -> dict:
+    return {"format": FORMAT, "preprocessing": preprocessing.to_dict(), "labels": task.spec.to_dict(),
+            "loading": load_options}
+
+
+def plan_key(preprocessing: Preprocessing, task: Task, load_options: dict | None = None) -> str:
+    """The hash naming a plan's folder: everything the cached arrays depend on except the source files."""
+    return _digest(_plan(preprocessing, task, load_options or {}))
+
+
+def cache_folder(root: str | os.PathLike, preprocessing: Preprocessing, task: Task,
+                 load_options: dict | None = None) -> Path:
+    return Path(root) / plan_key(preprocessing, task, load_options)
+
+
+def _fingerprint(row) -> list:
+    """Every existing file a manifest row names (a folder: the files in it), with size and modification time."""
+    out = []
+    for field, value in row._asdict().items():
+        if field == "Index" or not isinstance(value, str) or not os.path.isabs(value) or not os.path.exists(value):
+            continue
+        files = [Path(value)] if os.path.isfile(value) else sorted(p for p in Path(value).rglob("*") if p.is_file())
+        for p in files:
+            st = p.stat()
+            out.append([field, str(p), st.st_size, st.st_mtime_ns])
+    return out
+
+
+def _stem(case_id: str, sources: list) -> str:
+    """A file-name-safe case id, with a hash of the source paths so that two datasets' ``case000`` differ."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", case_id)[:80]
+    return f"{safe}-{_digest([case_id, [s[:2] for s in sources]])[:8]}"
+
+
+@dataclasses.dataclass
+class CachedCase:
+    """A cached case: ``image`` and ``masks`` are opened memory-mapped (copy-on-write: in-place changes stay in
+    the process, the file is never written) on every access; the rest is kept in memory."""
+
+    case_id: str
+    group: str
+    meta: VolumeMeta
+    image_path: Path
+    masks_path: Path | None
+
+    @property
+    def image(self) -> np.ndarray:
+        return np.load(self.image_path, mmap_mode="c")
+
+    @property
+    def masks(self) -> np.ndarray | None:
+        return None if self.masks_path is None else np.load(self.masks_path, mmap_mode="c")
+
+
+@dataclasses.dataclass
+class CacheStats:
+    """What :func:`cache_cases` did: cases written (new or rebuilt), cases reused, and their seconds."""
+
+    built: int = 0
+    reused: int = 0
+    seconds: float = 0.0
+
+
+def _meta_json(meta: VolumeMeta) -> dict:
+    return {"shape": [int(s) for s in meta.shape], "affine": np.asarray(meta.affine, float).tolist(),
+            "format": meta.format, "path": str(meta.path), "extension": meta.extension}
+
+
+def _meta_from_json(data: dict) -> VolumeMeta:
+    """The geometry back (the format-specific ``header`` is not cached: writers fall back to the affine)."""
+    return VolumeMeta(tuple(data["shape"]), np.asarray(data["affine"], float), data["format"], data["path"],
+                      data["extension"])
+
+
+def _array_ok(path: Path, spec: dict) -> bool:
+    try:
+        array = np.load(path, mmap_mode="r")
+    except (OSError, ValueError):
+        return False
+    return list(array.shape) == spec["shape"] and str(array.dtype) == spec["dtype"]
+
+
+def _entry(folder: Path, stem: str, sources: list) -> tuple[dict | None, str]:
+    """The case's index when its files are present and match it and its sources; else None and why not."""
+    index = folder / f"{stem}.json"
+    if not index.exists():
+        return None, ""
+    try:
+        data = json.loads(index.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None, "unreadable index"
+    if data.get("format") != FORMAT or data.get("sources") != sources:
+        return None, "source files changed"
+    for name in ("image", "masks"):
+        spec = data.get(name)
+        if spec is not None and not _array_ok(folder / f"{stem}.{name}.npy", spec):
+            return None, f"{name} file missing, truncated or of the wrong shape"
+    return data, ""
+
+
+def _write_entry(folder: Path, stem: str, case, sources: list) -> dict:
+    """Write the case's arrays, then its index (the index last: an entry without one does not exist)."""
+    data = {"format": FORMAT, "case_id": case.case_id, "sources": sources, "meta": _meta_json(case.meta),
+            "image": None, "masks": None}
+    for name, array in (("image", np.ascontiguousarray(case.image, np.float32)),
+                        ("masks", None if case.masks is None else np.ascontiguousarray(case.masks, bool))):
+        if array is None:
+            continue
+        with atomic_path(folder / f"{stem}.{name}.npy") as tmp:
+            np.save(tmp, array)
+        data[name] = {"shape": list(array.shape), "dtype": str(array.dtype)}
+    write_json(folder / f"{stem}.json", data)
+    return data
+
+
+def cache_cases(rows: pd.DataFrame, task: Task, preprocessing: Preprocessing, root: str | os.PathLike,
+                progress: bool = True, stats: CacheStats | None = None,
+                load_options: dict | None = None) -> list[CachedCase]:
+    """The cases of ``rows`` from the cache under ``root``, preprocessed and written there first where needed.
+
+    Reading and preprocessing go through :func:`~seg25d.pipeline.data.load_cases` (with ``load_options``), one
+    case at a time, so the cached arrays are exactly what it returns and only one case is in memory at once.
+    """
+    load_options = load_options or {}
+    folder = cache_folder(root, preprocessing, task, load_options)
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / "plan.json").exists():
+        write_json(folder / "plan.json", _plan(preprocessing, task, load_options))
+    stats = stats if stats is not None else CacheStats()
+    start = time.perf_counter()
+    cases = []
+    for i, row in enumerate(tqdm(list(rows.itertuples()), desc="preprocessing", unit="case", disable=not progress,
+                                 leave=False)):
+        sources = _fingerprint(row)
+        stem = _stem(row.case_id, sources)
+        data, why = _entry(folder, stem, sources)
+        if data is None:
+            if why:
+                log.warning("%s: cached case %s is stale (%s); rebuilding it", folder, row.case_id, why)
+            case = load_cases(rows.iloc[i:i + 1], task, preprocessing, progress=False, **load_options)[0]
+            data = _write_entry(folder, stem, case, sources)
+            stats.built += 1
+        else:
+            stats.reused += 1
+        masks = folder / f"{stem}.masks.npy" if data["masks"] is not None else None
+        cases.append(CachedCase(row.case_id, row.group, _meta_from_json(data["meta"]),
+                                folder / f"{stem}.image.npy", masks))
+    stats.seconds += time.perf_counter() - start
+    return cases
+
+
+class _ResampledImages(Sequence):
+    """The training images resampled but not normalised, read one at a time (what :meth:`Preprocessing.fit`
+    samples from)."""
+
+    def __init__(self, rows: pd.DataFrame, task: Task, spacing, load_options: dict):
+        self.rows, self.task, self.raw, self.options = rows, task, Preprocessing(spacing, "none"), load_options
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        return load_cases(self.rows.iloc[[i]], self.task, self.raw, progress=False, **self.options)[0].image
+
+
+def fit_preprocessing(preprocessing: Preprocessing, rows: pd.DataFrame, task: Task, root: str | os.PathLike,
+                      load_options: dict | None = None) -> Preprocessing:
+    """Fit the dataset statistics (``zscore``/``percentile``) on the training ``rows``, reading one case at a
+    time; the result is kept under ``root`` keyed by the settings and the rows' files, so later runs skip it."""
+    if preprocessing.normalize not in ("zscore", "percentile"):
+        return preprocessing
+    settings = {k: v for k, v in preprocessing.to_dict().items() if k != "stats"}
+    load_options = load_options or {}
+    key = _digest({"format": FORMAT, "settings": settings, "labels": task.spec.to_dict(), "loading": load_options,
+                   "sources": [_fingerprint(row) for row in rows.itertuples()]})
+    path = Path(root) / f"stats-{key}.json"
+    try:
+        preprocessing.stats = json.loads(path.read_text(encoding="utf-8"))["stats"]
+        return preprocessing
+    except (OSError, ValueError, KeyError):
+        pass
+    preprocessing.fit(_ResampledImages(rows, task, preprocessing.spacing, load_options))
+    write_json(path, {"settings": settings, "stats": preprocessing.stats})
+    return preprocessing
+
+
+def prepare_data(config: dict, root: str | os.PathLike, progress: bool = True,
+                 stats: CacheStats | None = None) -> tuple[Task, Preprocessing, list[CachedCase], list[CachedCase]]:
+    """The training run's data through the cache: its task, fitted preprocessing, training and validation cases
+    (the same arrays as reading them into memory; the cached counterpart of the trainer's data loading)."""
+    data = config["data"]
+    manifest = data["manifest"]
+    if not manifest:
+        raise InputError("data.manifest", "no manifest given; e.g. --set data.manifest=DIR/manifest.csv")
+    task = task_for(manifest)
+    train_rows, val_rows = split_manifest(manifest, data, seed=int(config["train"]["seed"]))
+    prep = Preprocessing(data["spacing"] or None, data["normalize"], list(data["percentiles"]))
+    # options of load_cases that change the arrays (labels resampled onto their image's grid)
+    options = {key: bool(data[key]) for key in ("resample_labels",) if key in data}
+    root = Path(root)
+    fit_preprocessing(prep, train_rows, task, root, options)
+    stats = stats if stats is not None else CacheStats()
+    train_cases = cache_cases(train_rows, task, prep, root, progress, stats, options)
+    val_cases = cache_cases(val_rows, task, prep, root, progress, stats, options)
+    return task, prep, train_cases, val_cases
