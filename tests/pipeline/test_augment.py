@@ -105,6 +105,7 @@ def test_augment_sample_is_seeded_and_keeps_image_and_masks_aligned():
 
 
 def test_the_sampler_applies_them(tmp_path):
+    from seg25d.models.feeding import Feeding
     from seg25d.pipeline.data import BatchSampler, Case
     from seg25d.pipeline.io import synthetic_meta
 
@@ -113,7 +114,7 @@ def test_the_sampler_applies_them(tmp_path):
     case = Case("c", "c", image.astype(np.float32), masks, synthetic_meta(image.shape[1:], (1.0, 1.0, 1.0)))
     config = {"data": {"foreground_fraction": 0.5}, "train": {"slices_per_step": 4},
               "augment": {"enabled": True, "flip_axes": [], "scale_intensity": 0.0}}
-    plain = BatchSampler([case], "slices", config).batch(torch.Generator().manual_seed(0))
+    plain = BatchSampler([case], Feeding("slices"), config).batch(torch.Generator().manual_seed(0))
     config["augment"]["zoom"] = 0.3
-    zoomed = BatchSampler([case], "slices", config).batch(torch.Generator().manual_seed(0))
+    zoomed = BatchSampler([case], Feeding("slices"), config).batch(torch.Generator().manual_seed(0))
     assert not torch.equal(plain[0], zoomed[0]) and not torch.equal(plain[1], zoomed[1])
