@@ -112,14 +112,19 @@ def test_models_train_save_and_reload(manifest, tmp_path, model, encoder, no_cur
 
 
 @needs_smp
-@pytest.mark.parametrize("model", ["unet2d", "slicestack25d"])
+@pytest.mark.parametrize("model", ["unet2d", "slicestack25d", "projection25d"])
 def test_checkpoints_store_the_weights_not_their_source(manifest, tmp_path, model, no_curves):
+    from seg25d.models import projection25d
+
+    if model == "projection25d" and not hasattr(projection25d, "build_unet2d"):
+        pytest.skip("models/projection25d.py does not build its U-Net with build_unet2d yet")
     path = tmp_path / "resnet18.pt"
     torch.save(_stem_state("resnet18"), path)
     result = train(_config(manifest, model, _options(model, "resnet18", str(path))), tmp_path / "run")
     path.unlink()  # rebuilding must not need the file (nor a download)
-    config = load_checkpoint(result.last_checkpoint)["model_config"]["options"]
-    assert (config if model == "unet2d" else config["backbone_options"])["encoder_weights"] is None
+    options = load_checkpoint(result.last_checkpoint)["model_config"]["options"]
+    unet = {"unet2d": options, "slicestack25d": options.get("backbone_options"), "projection25d": options.get("unet")}
+    assert unet[model]["encoder"] == "resnet18" and unet[model]["encoder_weights"] is None
     load_model(result.last_checkpoint)
 
 
