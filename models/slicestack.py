@@ -88,5 +88,9 @@ class SliceStack25D(nn.Module):
 def slicestack25d(in_channels: int, out_channels: int, *, slices: int = 3, stride: int = 1, edge: str = "clamp",
                   backbone: str = "unet2d", backbone_options: dict | None = None, slice_batch: int = 16) -> SliceStack25D:
     """Slice-stack 2.5D: e.g. 3 slices at stride 2 into a 2D U-Net (the strongest public GI-tract recipe)."""
-    return SliceStack25D(in_channels, out_channels, slices=slices, stride=stride, edge=edge, backbone=backbone,
-                         backbone_options=backbone_options, slice_batch=slice_batch)
+    model = SliceStack25D(in_channels, out_channels, slices=slices, stride=stride, edge=edge, backbone=backbone,
+                          backbone_options=backbone_options, slice_batch=slice_batch)
+    # the backbone's resolved options: e.g. encoder_weights=None, the weights being in the state dict
+    model.resolved_options = dict(slices=slices, stride=stride, edge=edge, backbone=backbone,
+                                  backbone_options=model.net.config["options"], slice_batch=slice_batch)
+    return model

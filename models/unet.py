@@ -123,8 +123,16 @@ def valid_output_size(size: int, depth: int) -> int:
 
 @register_model("unet2d")
 def unet2d(in_channels: int, out_channels: int, *, depth: int = 4, base_channels: int = 16, padding: str = "same",
-           norm: str = "batch", activation: str = "relu", upsampling: str = "transpose", dropout: float = 0.0) -> UNet:
-    """2D U-Net (applied slice by slice to volumes by the pipeline)."""
+           norm: str = "batch", activation: str = "relu", upsampling: str = "transpose", dropout: float = 0.0,
+           encoder: str | None = None, encoder_weights: str | None = None) -> nn.Module:
+    """2D U-Net (applied slice by slice to volumes by the pipeline); ``encoder`` builds it on a pretrained
+    smp/timm encoder instead (:mod:`seg25d.models.encoders`)."""
+    if encoder is not None or encoder_weights is not None:
+        from seg25d.models.encoders import build_unet2d  # optional packages, imported on use
+
+        return build_unet2d(in_channels, out_channels, encoder, encoder_weights, depth=depth,
+                            base_channels=base_channels, padding=padding, norm=norm, activation=activation,
+                            upsampling=upsampling, dropout=dropout)
     return UNet(2, in_channels, out_channels, depth=depth, base_channels=base_channels, padding=padding, norm=norm,
                 activation=activation, upsampling=upsampling, dropout=dropout)
 

@@ -49,6 +49,12 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "rotate_degrees": 0.0,      # random in-plane (H, W) rotation range, +-degrees
         "scale_intensity": 0.1,     # multiply intensities by U(1 - s, 1 + s)
         "gamma": 0.0,               # gamma exp(U(-g, g)) on min-max rescaled intensities
+        "shift": 0.0,               # in-plane translation by U(-s, s) of H and of W (pipeline/augment.py)
+        "zoom": 0.0,                # in-plane scaling by 1 + U(-z, z)
+        "grid_distortion": 0.0,     # grid cells resized by 1 + U(-g, g) (albumentations' GridDistortion)
+        "grid_steps": 5,            # grid cells per axis for grid_distortion
+        "brightness": 0.0,          # add U(-b, b) standard deviations
+        "contrast": 0.0,            # scale deviations from the mean by 1 + U(-c, c)
     },
     "model": {
         "name": "projection25d",    # any name of seg25d.models.list_models()

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from seg25d.models.feeding import Feeding
 from seg25d.models.slicestack import stack_indices
+from seg25d.pipeline.augment import augment_sample
 from seg25d.pipeline.errors import InputError
 from seg25d.pipeline.images import image_paths, read_image
 from seg25d.pipeline.io import VolumeMeta, read_volume
@@ -217,6 +218,7 @@ class BatchSampler:
         if degrees:
             angle = math.radians(float((torch.rand((), generator=generator) * 2 - 1) * degrees))
             x, y = _rotate_hw(x, angle, "bilinear"), _rotate_hw(y, angle, "nearest")
+        x, y = augment_sample(x, y, aug, generator)  # shift, zoom, grid distortion, brightness, contrast
         scale = float(aug.get("scale_intensity") or 0)
         if scale:
             x = x * float(1 + (torch.rand((), generator=generator) * 2 - 1) * scale)

@@ -146,6 +146,7 @@ def _add_submit(sub) -> None:
                    help="drop 4-connected components smaller than N pixels per slice and class (default: 0)")
     p.add_argument("--split", choices=("test", "train"), default=None,
                    help="image folder under ROOT (default: test when present, else train)")
+    p.add_argument("--tta", action="store_true", help="also average every model over row and column flips")
     p.set_defaults(func=_run_submit)
 
 
@@ -153,7 +154,7 @@ def _run_submit(args: argparse.Namespace) -> int:
     from seg25d.pipeline.kaggle.workflow import submit
 
     result = submit(args.models, args.root, args.out, threshold=args.threshold, min_area=args.min_area,
-                    split=args.split)
+                    split=args.split, tta=args.tta)
     print(f"wrote {result.n_rows} rows ({result.n_nonempty} with a mask) for {len(result.case_days)} case-days of "
           f"{args.root / result.split} with {len(args.models)} model(s) -> {result.path} "
           f"(row order: {result.order_source})")

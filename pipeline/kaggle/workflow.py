@@ -291,14 +291,16 @@ def _write_truth(root: Path, case_days: Sequence[str], order: pd.DataFrame, out_
 
 
 class Ensemble:
-    """Checkpoints whose per-class probabilities are averaged, classes matched by name to :data:`CLASSES`."""
+    """Checkpoints whose per-class probabilities are averaged, classes matched by name to :data:`CLASSES`;
+    with ``tta`` each also averages over flips of the slices' rows and columns (four passes)."""
 
-    def __init__(self, checkpoints: Sequence[str | os.PathLike]):
+    def __init__(self, checkpoints: Sequence[str | os.PathLike], tta: bool = False):
         from seg25d.pipeline.predict import Predictor
 
         if not checkpoints:
             raise InputError("--model", "give at least one checkpoint")
         self.checkpoints = [Path(c) for c in checkpoints]
+        self.tta = bool(tta)
         self.members: list[tuple[object, list[int]]] = []
         for path in self.checkpoints:
             predictor = Predictor(path)
@@ -322,7 +324,8 @@ class Ensemble:
         volume = Volume(image, synthetic_meta(image.shape, spacing))
         total = np.zeros((len(CLASSES), *image.shape), dtype=np.float32)
         for (predictor, index), path in zip(self.members, self.checkpoints):
-            probs = np.asarray(predictor.probabilities(volume))
+            probs = predictor.probabilities(volume, tta=True) if self.tta else predictor.probabilities(volume)
+            probs = np.asarray(probs)
             if probs.shape[1:] != image.shape:
                 raise InputError(path, f"probabilities of shape {probs.shape[1:]} for an image of {image.shape}")
             total += probs[index].astype(np.float32, copy=False)
@@ -429,7 +432,8 @@ class SubmitResult:
 
 def submit(checkpoints: Sequence[str | os.PathLike], root: str | os.PathLike, out_csv: str | os.PathLike,
            threshold: float = 0.5, min_area: int = 0, split: str | None = None,
-           case_days: Iterable[str] | None = None, use_sample: bool = True, progress: bool = True) -> SubmitResult:
+           case_days: Iterable[str] | None = None, use_sample: bool = True, progress: bool = True,
+           tta: bool = False) -> SubmitResult:
     """``seg25d kaggle submit``: predict case-days with an ensemble and write ``id,class,predicted``.
 
     Args:
@@ -442,6 +446,7 @@ def submit(checkpoints: Sequence[str | os.PathLike], root: str | os.PathLike, ou
         case_days: predict only these case-days (default: all of the split).
         use_sample: follow ``root/sample_submission.csv``'s rows when it exists and lists any.
         progress: show a progress bar.
+        tta: average each model over flips of the rows and columns too (four passes per model).
 
     Raises:
         InputError: bad threshold or area, unknown case-days, a checkpoint lacking an organ, a sample row that
@@ -482,7 +487,7 @@ def submit(checkpoints: Sequence[str | os.PathLike], root: str | os.PathLike, ou
             log.info("%d case-day(s) not in %s are not predicted", len(skipped), sample_path)
         found = [c for c in found if c.name in needed]
 
-    ensemble = Ensemble(checkpoints)
+    ensemble = Ensemble(checkpoints, tta)
     rows = predict_case_days(ensemble, found, threshold, min_area, progress)
     source = "case-day, slice, class"
     if sample is not None:

@@ -168,6 +168,23 @@ def test_submit_then_score(fold_run, gi_root, tmp_path, capsys):
     assert 0.0 <= score["score"] <= 1.0 and score["n_case_days"] == len(scan_case_days(gi_root))
 
 
+def test_flip_tta_averages_the_flipped_predictions(fold_run, gi_root, tmp_path):
+    checkpoint = fold_run / "fold0" / "best.pt"
+    image = np.random.default_rng(0).random((6, 40, 32)).astype(np.float32) * 300
+    spacing = (3.0, 1.5, 1.5)
+    plain = workflow.Ensemble([checkpoint])
+    # flips on the model's (resampled) grid: the predictor's TTA, whose flips are tested in test_predict
+    volume = types.SimpleNamespace(array=image, meta=types.SimpleNamespace(shape=image.shape, spacing=spacing))
+    want = predict_module.Predictor(checkpoint).probabilities(volume, tta=True)
+    got = workflow.Ensemble([checkpoint], tta=True).probabilities(image, spacing)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    assert not np.allclose(got, plain.probabilities(image, spacing), atol=1e-4)
+    out = tmp_path / "tta.csv"
+    assert cli_main(["kaggle", "submit", "--model", str(checkpoint), "--root", str(gi_root), "--out", str(out),
+                     "--tta"]) == 0
+    _submission_checks(out, gi_root)
+
+
 def test_resume_and_reuse_of_the_import(fold_run, gi_root, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(fold_run, run)
