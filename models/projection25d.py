@@ -38,7 +38,7 @@ from torch.utils.checkpoint import checkpoint
 
 from seg25d.models.feeding import Feeding
 from seg25d.models.registry import register_model
-from seg25d.models.unet import UNet
+from seg25d.models.encoders import build_unet2d
 from seg25d.projections import MaxIntensityProjection, RayBackprojection, RayTransform, multi_axis_geometry
 from seg25d.reconstruction import Filtration, FineTuning, local_mean
 
@@ -82,6 +82,8 @@ class Projection25DOptions:
             by the U-Net and MIP-lifted from its own maxima; backprojection lifts each view's mean over its slabs.
         sum_input: each image goes to the U-Net with a second channel per image channel, its rays' line sums
             (the Radon transform, standardised per image), the same for all slabs of a view.
+        spacing: voxel size ``(D, H, W)`` of the working grid in mm, so that views are taken in physical space
+            (only the ratios matter; the trainer sets the planned spacing); None: cubic voxels.
     """
 
     axes: tuple[int, ...] = (0, 1, 2)
@@ -98,6 +100,7 @@ class Projection25DOptions:
     scale: int | str = 1
     slabs: int = 3
     sum_input: bool = True
+    spacing: tuple[float, float, float] | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "axes", tuple(int(a) for a in self.axes))  # TOML gives lists
@@ -257,12 +260,16 @@ class Projection25D(nn.Module):
             raise ValueError(f"features x lifts ({features} x {len(lift)}) must be >= out_channels ({out_channels}): "
                              "the first out_channels view channels are the views' 2D logits")
         self.options = options
+        spacing = np.asarray((1.0, 1.0, 1.0) if options.spacing is None else options.spacing, dtype=float)
+        if spacing.shape != (3,) or not (spacing > 0).all():
+            raise ValueError(f"spacing must be three positive sizes (D, H, W) in mm, got {options.spacing}")
+        self.voxel = tuple(float(v) for v in spacing / spacing.min())  # the finest axis is one unit
         self.axes, self.directions, self.train_directions = options.axes, options.directions, options.train_directions
         self.features, self.lift_kinds, self.aux_loss = features, lift, options.aux_loss
         self.out_channels, self.scale, self.slabs = out_channels, options.scale, int(options.slabs)
         core_channels = in_channels * (2 if self.scale == 2 else 1)  # average- and max-pooled at scale 2
         self.sum_input = bool(options.sum_input)
-        self.unet = UNet(2, core_channels * (1 + self.sum_input), features * len(lift), **options.unet)
+        self.unet = build_unet2d(core_channels * (1 + self.sum_input), features * len(lift), **options.unet)
         n_views = self.directions * len(self.axes)
         self.filtration = Filtration(kernel_size=options.filter_size,
                                      views=n_views if options.filter_per_view else 1, channels=features,
@@ -285,7 +292,7 @@ class Projection25D(nn.Module):
         """All ``P`` views for a volume shape (cached)."""
         shape = tuple(int(s) for s in shape)
         if shape not in self._geometries:
-            self._geometries[shape] = multi_axis_geometry(shape, {a: self.directions for a in self.axes})
+            self._geometries[shape] = multi_axis_geometry(shape, {a: self.directions for a in self.axes}, self.voxel)
         return self._geometries[shape]
 
     @property
@@ -466,7 +473,8 @@ def projection25d(in_channels: int, out_channels: int, *, preset: str = "default
     if "features" not in given and resolved.features is not None:  # grows to fit the classes
         resolved = dataclasses.replace(resolved, features=max(resolved.features, -(-out_channels // len(resolved.lift))))
     model = Projection25D(in_channels, out_channels, resolved)
-    model.resolved_options = {"preset": preset, **dataclasses.asdict(resolved)}
+    unet = {**resolved.unet, "encoder_weights": None} if resolved.unet.get("encoder") else resolved.unet
+    model.resolved_options = {"preset": preset, **dataclasses.asdict(resolved), "unet": unet}  # weights: state dict
     return model
 
 

@@ -37,7 +37,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from seg25d.models import build, feeding_of
+from seg25d.models import build, feeding_of, model_options
 from seg25d.models.projection25d import resolve_scale
 from seg25d.pipeline.atomic import write_csv, write_json
 from seg25d.pipeline.cache import resolve_cache_dir
@@ -164,6 +164,9 @@ class _Trainer:
         mc = config["model"]
         in_channels = self.train_cases[0].image.shape[0]
         options = dict(mc["options"])
+        if "spacing" in model_options(mc["name"]) and options.get("spacing") is None:  # views in mm
+            spacing = self.plan.spacing or np.median([c.meta.spacing for c in self.train_cases], axis=0)
+            options["spacing"] = [float(v) for v in spacing]
         if options.get("scale") == "auto":  # projection25d: the working grid decides (largest training volume)
             largest = max(self.train_cases, key=lambda c: c.image[0].size).image.shape[1:]
             options["scale"] = resolve_scale("auto", largest)

@@ -540,3 +540,19 @@ def test_resume_refuses_other_data_model_or_loss_settings(manifest, tmp_path, no
     assert "data.normalize" in err and "loss.dice_weight" in err
     assert main(_cli(out, [*sets[:1], "train.max_steps=3", *sets[2:]], "--resume")) == 0  # train.* may change
     assert len(pd.read_csv(out / "metrics.csv")) == 3
+
+
+def test_projection25d_takes_its_views_in_millimetres(manifest, tmp_path, no_curves):
+    """The planned spacing (here twice as coarse along D) reaches projection25d's geometry and its checkpoint."""
+    from seg25d.pipeline.checkpoint import load_model
+    from seg25d.projections import multi_axis_geometry
+
+    sets = _sets(manifest, *MODELS["projection25d"], "data.spacing=[2.0, 1.0, 1.0]", steps=1)
+    result = train(load_config("vessels", sets), tmp_path / "run")
+    model = load_model(result.last_checkpoint)
+    assert model.config["options"]["spacing"] == [2.0, 1.0, 1.0]
+    shape = (12, 8, 8)
+    expected = multi_axis_geometry(shape, {a: model.directions for a in model.axes}, (2.0, 1.0, 1.0))
+    assert model.geometry(shape) == expected
+    cubic = multi_axis_geometry(shape, {a: model.directions for a in model.axes})
+    assert expected.detector_shape != cubic.detector_shape  # D is 24 mm deep, not 12
