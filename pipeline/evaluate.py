@@ -98,7 +98,7 @@ def find_prediction(pred_dir: Path, case_id: str, label_path: Path) -> Path | No
     for ext in (full_suffix(label_path), *SUPPORTED_EXTENSIONS):
         if ext and inside(pred_dir, f"{case_id}{ext}").is_file():
             return pred_dir / f"{case_id}{ext}"
-    if inside(pred_dir, case_id).is_dir():  # a DICOM series folder
+    if inside(pred_dir, case_id).is_dir():  # a DICOM folder
         return pred_dir / case_id
     return None
 

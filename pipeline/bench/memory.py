@@ -24,6 +24,7 @@ import pandas as pd
 
 from seg25d.pipeline.atomic import write_csv, write_json, write_text
 from seg25d.pipeline.manifest import read_manifest, sidecar_path, write_manifest
+from seg25d.pipeline.provenance import provenance
 
 __all__ = ["bench_memory", "tree_memory_mb", "MEMORY_MODELS"]
 
@@ -157,7 +158,7 @@ def bench_memory(out: str | os.PathLike, n: int = 400, shape=(128, 128, 128), st
             "pss_ratio_memory_all_vs_first": ratio((many, "memory"), (few, "memory"), "peak_pss_mb"),
             "step_ratio_cache_vs_memory": ratio((many, "cache"), (many, "memory"), "step_seconds"),
         }
-    result = {"n": n, "shape": list(shape), "steps": steps, "workers": workers, "models": list(models),
+    result = {"benchmark": "memory", "provenance": provenance(), "n": n, "shape": list(shape), "steps": steps, "workers": workers, "models": list(models),
               "preprocess": preprocess, "summary": summary, "runs": rows}
     write_csv(out / "memory.csv", frame)
     write_json(out / "memory.json", result)

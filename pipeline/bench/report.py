@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 REFERENCE_MODEL = "projection25d"
 # section order on the page: the main job first, the operators' internals last
-KIND_ORDER = ("demo", "compare", "ablation", "scaling", "models", "operators", "oracle", "kaggle_cv")
+KIND_ORDER = ("demo", "compare", "ablation", "scaling", "memory", "models", "operators", "oracle", "kaggle_cv")
 
 PREAMBLE = """# Benchmarks
 
@@ -335,6 +335,21 @@ def _kaggle_cv_table(data: dict) -> str:
             + _table(head, rows))
 
 
+def _memory_table(data: dict) -> str:
+    p = data["preprocess"]
+    shape = " × ".join(map(str, data["shape"]))
+    head = ["model", "cases", "loading", "peak RSS MiB", "peak PSS MiB", "step s", "data wait s"]
+    rows = [[f"`{r['model']}`", str(r["cases"]),
+             f"cache, {r['workers']} workers" if r["mode"] == "cache" else "in memory",
+             _f(r["peak_rss_mb"], 0), _f(r["peak_pss_mb"], 0), _f(r["step_seconds"], 3), _f(r["data_seconds"], 3)]
+            for r in data["runs"]]
+    return (f"`seg25d train` for {data['steps']} steps on {data['n']} synthetic {shape} vessel volumes and on the "
+            f"first {max(1, data['n'] // 10)}, from the preprocessed cache and in memory. Memory is the whole "
+            "process tree's (workers included), sampled from /proc; PSS counts pages shared between the trainer "
+            "and its workers once. Preprocessing the cache: "
+            f"{_f(p['cases_per_second'], 2)} cases/s, {_f(p['cache_mb'], 0)} MiB on disk.\n\n" + _table(head, rows))
+
+
 def _demo_table(data: dict) -> str:
     head = ["", "validation Dice", "test Dice", "test HD95 mm", "training steps", "prediction s/volume"]
     rows = [["`projection25d` (`best.pt`)", _f(data["best_val_dice"], 3), _f(data["test_dice"], 3),
@@ -373,6 +388,7 @@ def _title(results: list[Result]) -> str:
         return f"Training step and memory against volume size ({', '.join(precision)})"
     return {"demo": "The demo (the main job)", "models": "Whole-volume forward time of every model",
             "operators": "Operators", "oracle": "Oracle: what perfect view masks give back",
+            "memory": "Training memory: the preprocessed cache against loading into memory",
             "kaggle_cv": "GI tract: cross-validation of the Kaggle workflow"}[r.kind]
 
 
@@ -384,7 +400,7 @@ def _section(results: list[Result], base: Path) -> str:
         table = _scaling_table(results)
     else:
         table = {"operators": _operators_table, "models": _models_table, "oracle": _oracle_table,
-                 "kaggle_cv": _kaggle_cv_table, "demo": _demo_table}[kind](data)
+                 "kaggle_cv": _kaggle_cv_table, "demo": _demo_table, "memory": _memory_table}[kind](data)
     notes = list(dict.fromkeys(r.provenance["note"] for r in results if r.provenance.get("note")))
     parts = [f"## {_title(results)}", _commands(results), _provenance_line(results), table]
     if notes:

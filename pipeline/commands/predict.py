@@ -13,7 +13,7 @@ def register(subparsers) -> None:
     source.add_argument("--manifest", type=Path, help="manifest CSV; outputs are named <case_id> + input extension")
     source.add_argument("--input", nargs="+", type=Path,
                         help="image files, folders of them (nnU-Net channel files <case>_0000, _0001... form one "
-                             "case) or DICOM series folders")
+                             "case) or DICOM folders")
     parser.add_argument("--split", choices=("train", "val", "test"), help="only this split of the manifest")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--probabilities", action="store_true", help="also write per-class probability maps")

@@ -6,7 +6,7 @@ convention). ``write_mask(path, mask, meta)`` writes a label volume with exactly
 origin and direction, atomically; the output format follows the path's extension.
 
 Backends: NIfTI through nibabel (``.nii``, ``.nii.gz``), everything else SimpleITK reads (NRRD, MHA/MHD,
-DICOM series folders, ...) through SimpleITK.
+DICOM folders, ...) through SimpleITK.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def _backend(path: Path) -> VolumeIO:
 
 
 def supported_extension(path: str | os.PathLike) -> bool:
-    """True for the file types seg25d reads (DICOM series are folders)."""
+    """True for the file types seg25d reads (DICOM scans are folders)."""
     path = Path(path)
     return path.is_dir() or full_suffix(path).lower() in SUPPORTED_EXTENSIONS
 

@@ -1,4 +1,4 @@
-"""NRRD, MetaImage (.mha/.mhd), DICOM series folders and other formats through SimpleITK."""
+"""NRRD, MetaImage (.mha/.mhd), DICOM folders and other formats through SimpleITK."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ __all__ = ["SimpleITKIO"]
 class SimpleITKIO(VolumeIO):
     """SimpleITK reader and writer; geometry from origin, spacing and direction (LPS), converted to RAS.
 
-    A DICOM series (a folder) is read as one volume; masks for it are written as NIfTI, because a label
+    A DICOM scan (a folder) is read as one volume; masks for it are written as NIfTI, because a label
     volume has no plain DICOM form (DICOM-SEG is out of scope).
     """
 
@@ -27,12 +27,12 @@ class SimpleITKIO(VolumeIO):
         try:
             if path.is_dir():
                 reader = sitk.ImageSeriesReader()
-                series = reader.GetGDCMSeriesIDs(str(path))
-                if not series:
-                    raise InputError(path, "folder holds no DICOM series")
-                if len(series) > 1:
-                    raise InputError(path, f"folder holds {len(series)} DICOM series; give one series per folder")
-                reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(path), series[0]))
+                scans = reader.GetGDCMSeriesIDs(str(path))  # one ID per DICOM scan in the folder
+                if not scans:
+                    raise InputError(path, "folder holds no DICOM scan")
+                if len(scans) > 1:
+                    raise InputError(path, f"folder holds {len(scans)} DICOM scans; give one scan per folder")
+                reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(path), scans[0]))
                 img = reader.Execute()
             else:
                 img = sitk.ReadImage(str(path))

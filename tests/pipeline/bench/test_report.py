@@ -135,6 +135,21 @@ def test_scaling_operators_and_demo_tables_hold_the_files_numbers(tmp_path):
     assert "notes.json" not in text
 
 
+def test_memory_table_holds_the_files_numbers(tmp_path):
+    runs = [{"model": "unet2d", "cases": 4, "mode": "cache", "workers": 2, "peak_rss_mb": 1329.4, "peak_pss_mb": 513.2,
+             "step_seconds": 0.0961, "data_seconds": 0.0043},
+            {"model": "unet2d", "cases": 40, "mode": "memory", "workers": 0, "peak_rss_mb": 729.0, "peak_pss_mb": 530.0,
+             "step_seconds": 0.073, "data_seconds": 0.049}]
+    _write(tmp_path / "r" / "memory.json", {
+        "benchmark": "memory", "provenance": _provenance("seg25d bench memory --n 40"), "n": 40, "shape": [64, 64, 64],
+        "steps": 6, "workers": 2, "models": ["unet2d"], "summary": {}, "runs": runs,
+        "preprocess": {"cases": 40, "built": 40, "seconds": 3.9, "cases_per_second": 10.256, "cache_mb": 50.2}})
+    memory = _section(render_benchmarks([tmp_path / "r"], tmp_path), "Training memory")
+    assert "| `unet2d` | 4 | cache, 2 workers | 1329 | 513 | 0.096 | 0.004 |" in memory
+    assert "| `unet2d` | 40 | in memory | 729 | 530 | 0.073 | 0.049 |" in memory
+    assert "10.26 cases/s, 50 MiB on disk" in memory and "64 × 64 × 64" in memory
+
+
 def test_command_writes_the_page_and_names_a_missing_folder(tmp_path, capsys):
     _write(tmp_path / "r" / "demo.json", {"test_dice": 0.5, "test_hd95_mm": 2.0, "best_val_dice": 0.6,
                                           "threshold_test_dice": 0.1, "threshold_val_dice": 0.1,
