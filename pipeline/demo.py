@@ -39,7 +39,8 @@ def run_demo(out_dir: str | os.PathLike = "seg25d_demo", minutes: float = 8.0, c
     result = train(config, run, resume=resume)
     checkpoint = result.best_checkpoint or result.last_checkpoint
     print(f"[3/5] predicting the test split with {checkpoint.name}")
-    report = predict_batch(checkpoint, jobs_from_manifest(manifest, "test"), out / "predictions", overwrite=True)
+    report = predict_batch(checkpoint, jobs_from_manifest(manifest, "test"), out / "predictions", overwrite=True,
+                           device=config["train"]["device"])
     print("[4/5] evaluating")
     metrics = evaluate(out / "predictions", manifest, out / "evaluation", split="test")
     threshold, train_dice = best_global_threshold(manifest)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from seg25d.pipeline.commands import add_device_arguments
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("predict", help="predict masks for a manifest or input files")
@@ -16,6 +18,7 @@ def register(subparsers) -> None:
     parser.add_argument("--probabilities", action="store_true", help="also write per-class probability maps")
     parser.add_argument("--tta", action="store_true", help="average over flips (4 passes)")
     parser.add_argument("--overwrite", action="store_true", help="predict again cases already in --out")
+    add_device_arguments(parser, precision_default="fp32 on the CPU, auto on CUDA")
     parser.set_defaults(func=_predict)
 
 
@@ -28,7 +31,8 @@ def _predict(args) -> int:
     if args.split and not args.manifest:
         raise InputError("--split", "selects manifest rows; it does not apply to --input")
     jobs = jobs_from_manifest(args.manifest, args.split) if args.manifest else jobs_from_inputs(args.input)
-    report = predict_batch(args.model, jobs, args.out, args.probabilities, args.tta, args.overwrite)
+    report = predict_batch(args.model, jobs, args.out, args.probabilities, args.tta, args.overwrite,
+                           device=args.device or "auto", precision=args.precision)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"predicted {report['predicted']}, skipped {report['skipped']} (already done), "
               f"failed {report['failed']} -> {args.out}")

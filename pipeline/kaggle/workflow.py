@@ -260,7 +260,7 @@ def _train_fold(config: dict, root: Path, run_dir: Path, fold: int | None, n_fol
 
     submission, truth = out_dir / "val_submission.csv", out_dir / "val_truth.csv"
     written = submit([checkpoint], root, submission, split="train", case_days=val_names, use_sample=False,
-                     progress=bool(cfg["train"]["progress"]))
+                     progress=bool(cfg["train"]["progress"]), device=cfg["train"]["device"])
     _write_truth(root, val_names, written.order, truth)
     score = score_submission(submission, truth, root, split="train")
     payload = {"fold": fold, "folds": n_folds, "n_case_days": len(val_names), **score,
@@ -293,7 +293,7 @@ def _write_truth(root: Path, case_days: Sequence[str], order: pd.DataFrame, out_
 class Ensemble:
     """Checkpoints whose per-class probabilities are averaged, classes matched by name to :data:`CLASSES`."""
 
-    def __init__(self, checkpoints: Sequence[str | os.PathLike]):
+    def __init__(self, checkpoints: Sequence[str | os.PathLike], device: str = "auto"):
         from seg25d.pipeline.predict import Predictor
 
         if not checkpoints:
@@ -301,7 +301,7 @@ class Ensemble:
         self.checkpoints = [Path(c) for c in checkpoints]
         self.members: list[tuple[object, list[int]]] = []
         for path in self.checkpoints:
-            predictor = Predictor(path)
+            predictor = Predictor(path, device)  # every member on the one device
             classes = list(predictor.spec.classes)
             missing = [c for c in CLASSES if c not in classes]
             if missing:
@@ -429,7 +429,8 @@ class SubmitResult:
 
 def submit(checkpoints: Sequence[str | os.PathLike], root: str | os.PathLike, out_csv: str | os.PathLike,
            threshold: float = 0.5, min_area: int = 0, split: str | None = None,
-           case_days: Iterable[str] | None = None, use_sample: bool = True, progress: bool = True) -> SubmitResult:
+           case_days: Iterable[str] | None = None, use_sample: bool = True, progress: bool = True,
+           device: str = "auto") -> SubmitResult:
     """``seg25d kaggle submit``: predict case-days with an ensemble and write ``id,class,predicted``.
 
     Args:
@@ -442,6 +443,7 @@ def submit(checkpoints: Sequence[str | os.PathLike], root: str | os.PathLike, ou
         case_days: predict only these case-days (default: all of the split).
         use_sample: follow ``root/sample_submission.csv``'s rows when it exists and lists any.
         progress: show a progress bar.
+        device: where the models run (``auto``, ``cpu``, ``cuda``, ``cuda:N``).
 
     Raises:
         InputError: bad threshold or area, unknown case-days, a checkpoint lacking an organ, a sample row that
@@ -482,7 +484,7 @@ def submit(checkpoints: Sequence[str | os.PathLike], root: str | os.PathLike, ou
             log.info("%d case-day(s) not in %s are not predicted", len(skipped), sample_path)
         found = [c for c in found if c.name in needed]
 
-    ensemble = Ensemble(checkpoints)
+    ensemble = Ensemble(checkpoints, device)
     rows = predict_case_days(ensemble, found, threshold, min_area, progress)
     source = "case-day, slice, class"
     if sample is not None:
