@@ -314,7 +314,7 @@ class _Trainer:
 
     def _train_step(self, path: int) -> dict:
         generator = step_generator(self.seed, self.step, self.dist.rank)
-        torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
+        torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator, device="cpu")))  # host-side draws
         self.model.train()
         row = {"step": self.step, "path": path}
         with autocast(self.device, self.precision):
@@ -336,7 +336,7 @@ class _Trainer:
         if path == 2:
             if not self.model.unet_frozen:
                 self.model.freeze_unet(True)
-            index = int(torch.randint(len(self.train_cases), (1,), generator=generator))
+            index = int(torch.randint(len(self.train_cases), (1,), generator=generator, device="cpu"))
             case = self.train_cases[index]
             encoded = self._path2_features(index)
             x = to_device(torch.from_numpy(case.image)[None], self.device)
