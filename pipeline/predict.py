@@ -29,8 +29,7 @@ from tqdm import tqdm
 
 from seg25d.pipeline.atomic import full_suffix, remove_stale_temporaries, write_csv, write_json
 from seg25d.pipeline.checkpoint import load_checkpoint, load_model
-from seg25d.pipeline.device import (distributed_backend, local_device_for_rank, resolve_device,
-                                    resolve_precision)
+from seg25d.pipeline.device import distributed_backend, resolve_device, resolve_precision
 from seg25d.pipeline.provenance import command_line
 from seg25d.pipeline.errors import InputError
 from seg25d.pipeline.io import read_volume, write_mask, write_volume
@@ -102,10 +101,9 @@ def jobs_from_inputs(paths) -> list[PredictionJob]:
     return jobs
 
 
-def _shard(jobs: list[PredictionJob]) -> tuple[list[PredictionJob], int, int]:
+def _shard(jobs: list[PredictionJob], device: torch.device) -> tuple[list[PredictionJob], int, int]:
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     if world > 1 and not torch.distributed.is_initialized():  # NCCL between GPUs, gloo between CPU processes
-        device = local_device_for_rank()
         if device.type == "cuda":
             torch.cuda.set_device(device)
         torch.distributed.init_process_group(distributed_backend(device))
@@ -121,7 +119,7 @@ def predict_batch(checkpoint, jobs: list[PredictionJob], out_dir, probabilities:
     predictor = Predictor(checkpoint, device, precision)  # a refused checkpoint leaves no output folder behind
     make_out_dir(out_dir)
     inputs = {Path(job.image).resolve() for job in jobs}
-    mine, rank, world = _shard(jobs)
+    mine, rank, world = _shard(jobs, predictor.device)
     if rank == 0:
         write_json(out_dir / "labels.json", predictor.spec.to_dict())
         write_json(out_dir / "prediction.json", {"checkpoint": str(Path(checkpoint).resolve()), "tta": tta,

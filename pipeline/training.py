@@ -81,17 +81,21 @@ class TrainResult:
 
 
 class _Distributed:
-    def __init__(self):
+    """The torchrun processes of a run on ``device``: one GPU each (NCCL), or CPU processes (gloo)."""
+
+    def __init__(self, device: torch.device):
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.enabled = self.world > 1
-        self.device = torch.device("cpu")
-        if self.enabled:
-            self.device = local_device_for_rank()  # cuda:LOCAL_RANK, or the CPU
-            if self.device.type == "cuda":
-                torch.cuda.set_device(self.device)
-            if not torch.distributed.is_initialized():
-                torch.distributed.init_process_group(distributed_backend(self.device))
+        self.device = device
+        if self.enabled and device.type == "cuda":
+            own = local_device_for_rank()
+            if device != own:
+                raise InputError("train.device", f"under torchrun each process trains on its own GPU ({own} here), "
+                                                 f"not {device}; use auto or cuda")
+            torch.cuda.set_device(device)
+        if self.enabled and not torch.distributed.is_initialized():
+            torch.distributed.init_process_group(distributed_backend(device))
 
     @property
     def main(self) -> bool:
@@ -154,8 +158,9 @@ class _Trainer:
     def __init__(self, config: dict, out_dir: Path, resume: bool, callbacks=()):
         self.config, self.out_dir = config, Path(out_dir)
         self.callbacks = list(callbacks)
-        self.dist = _Distributed()
         tc = config["train"]
+        self.device = resolve_device(tc["device"])
+        self.dist = _Distributed(self.device)
         threads = int(tc["threads"]) or (max(1, (os.cpu_count() or 1) // self.dist.world) if self.dist.enabled else 0)
         if threads:
             torch.set_num_threads(threads)
@@ -164,16 +169,10 @@ class _Trainer:
         np.random.seed(self.seed % 2**32)
         if tc["schedule"] not in SCHEDULES:
             raise InputError("train.schedule", f"must be one of {SCHEDULES}, got {tc['schedule']!r}")
-        self.device = resolve_device(tc["device"])
-        if self.dist.enabled and self.device.type != self.dist.device.type:
-            raise InputError("train.device", f"{self.device} asked for, but the torchrun ranks run on "
-                                             f"{self.dist.device.type} ({distributed_backend(self.dist.device)})")
         self.precision = resolve_precision(tc["precision"], self.device)
         set_deterministic(bool(tc["deterministic"]))
         if self.dist.main:
-            log.info("device %s, precision %s", describe_device(self.device), self.precision)
-            if tc["progress"]:
-                print(f"device: {describe_device(self.device)}, precision {self.precision}", flush=True)
+            print(f"device: {describe_device(self.device)}, precision {self.precision}", flush=True)
         self.task, self.prep, self.train_cases, self.val_cases = _load_data(config, self.dist.main)
         if tc["val_max_cases"]:
             self.val_cases = self.val_cases[: int(tc["val_max_cases"])]

@@ -154,6 +154,19 @@ def test_auto_device_is_the_cpu_without_cuda(manifest, tmp_path, monkeypatch):
     assert json.loads((tmp_path / "run" / "run.json").read_text())["device"] == "cpu"
 
 
+def test_under_torchrun_each_process_trains_on_its_own_gpu(monkeypatch):
+    from seg25d.pipeline import training
+    from seg25d.pipeline.errors import InputError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    with pytest.raises(InputError) as err:
+        training._Distributed(torch.device("cuda", 1))
+    assert "own GPU (cuda:0 here), not cuda:1" in str(err.value)
+
+
 # --- checkpoints and resume across devices ------------------------------------------------------------------------
 
 def test_checkpoint_from_the_device_loads_on_the_cpu(tmp_path, device):
