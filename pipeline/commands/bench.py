@@ -153,6 +153,8 @@ def _scaling(args) -> int:
     cols = [c for c in ("model", "size", "status", "step_seconds", "step_peak_extra_mb", "infer_seconds",
                         "infer_peak_extra_mb") if c in frame]
     print(frame[cols].to_string(index=False))
+    for model, group in frame[frame.status == "ok"].groupby("model"):
+        print(f"{model}: largest cube trained as a whole volume {group['size'].max()}^3")
     print(f"figure: {args.out / 'scaling.png'}")
     return 0
 

@@ -277,3 +277,13 @@ def test_scaling_records_a_step_out_of_gpu_memory_as_oom():
 
     result, status = _watch([sys.executable, "-c", f"import sys; sys.exit({OOM_EXIT})"], {}, 4096, 60)
     assert result is None and status == "oom"
+
+
+def test_step_benchmark_on_each_device(device):
+    from seg25d.pipeline.bench.models import bench_models
+    from seg25d.pipeline.bench.step import measure
+
+    row = measure("unet2d", (4, 16, 16), {"depth": 2, "base_channels": 4}, repeats=1, batch=2, device=str(device))
+    assert row["device"].startswith(device.type) and row["step_seconds"] > 0 and row["step_peak_extra_mb"] >= 0
+    models = bench_models((4, 16, 16), repeats=1, models=["unet2d"], device=str(device))
+    assert models[0]["device"].startswith(device.type) and models[0]["forward_seconds"] > 0
