@@ -262,6 +262,26 @@ def test_training_steps_create_no_tensor_without_a_device(manifest, tmp_path, mo
     _assert_same_weights(_weights(plain.last_checkpoint), _weights(guarded.last_checkpoint))
 
 
+@pytest.mark.parametrize("name, options", [
+    ("projection25d", {"directions": 2, "train_directions": 2, "unet": {"depth": 2, "base_channels": 4},
+                       "head_channels": 4, "filter_size": 7}),
+    ("unet2d", {"depth": 2, "base_channels": 4}),
+    ("unet3d", {"depth": 2, "base_channels": 4}),
+])
+def test_prediction_creates_no_tensor_without_a_device(name, options):
+    """The whole-volume entry point (with flips) under the guard gives the unguarded probabilities."""
+    from seg25d.models import build
+    from seg25d.pipeline.volume_inference import predict_probabilities
+
+    torch.manual_seed(0)
+    model = build(name, 1, 1, **options).eval()
+    image = np.random.default_rng(0).random((1, 8, 12, 12), dtype=np.float32)
+    plain = predict_probabilities(model, image, True, tta=True, tile=8, max_voxels=500)
+    with torch.device("meta"):
+        guarded = predict_probabilities(model, image, True, tta=True, tile=8, max_voxels=500)
+    np.testing.assert_array_equal(guarded, plain)
+
+
 # --- what the GPU machine has -------------------------------------------------------------------------------------
 
 def test_training_and_benchmarks_import_no_file_format_library_nor_monai():
