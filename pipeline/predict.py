@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from seg25d.pipeline.atomic import full_suffix, remove_stale_temporaries, write_csv, write_json
 from seg25d.pipeline.checkpoint import load_checkpoint, load_model
-from seg25d.pipeline.device import distributed_backend, resolve_device, resolve_precision
+from seg25d.pipeline.device import describe_device, distributed_backend, resolve_device, resolve_precision
 from seg25d.pipeline.provenance import command_line
 from seg25d.pipeline.errors import InputError
 from seg25d.pipeline.io import read_volume, write_mask, write_volume
@@ -123,7 +123,7 @@ def predict_batch(checkpoint, jobs: list[PredictionJob], out_dir, probabilities:
     if rank == 0:
         write_json(out_dir / "labels.json", predictor.spec.to_dict())
         write_json(out_dir / "prediction.json", {"checkpoint": str(Path(checkpoint).resolve()), "tta": tta,
-                                                 "device": str(predictor.device), "precision": predictor.precision,
+                                                 "device": describe_device(predictor.device), "precision": predictor.precision,
                                                  "command": command_line()})
     failures, done, skipped = [], 0, 0
     start = time.perf_counter()

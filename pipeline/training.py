@@ -4,9 +4,10 @@ survive.
 ``train(config, out_dir)`` writes into ``out_dir``: ``config.json`` (resolved), ``last.pt`` (every
 ``train.checkpoint_every`` steps and at the end), ``best.pt`` (best mean validation Dice, or lowest training
 loss without validation cases), ``metrics.csv`` (one row per step: path, losses, learning rate, the step's
-seconds, total time; validation Dice per class on validation steps), ``curves.png`` and ``run.json`` (the
-command lines: the first and every resume). ``train(..., resume=True)`` continues from ``last.pt``. How a model
-is fed, and whether it has the two paths, is its :class:`~seg25d.models.feeding.Feeding`.
+seconds, total time; peak GPU memory on CUDA; validation Dice per class on validation steps), ``curves.png``
+and ``run.json`` (the command lines: the first and every resume, the device and precision).
+``train(..., resume=True)`` continues from ``last.pt``. How a model is fed, and whether it has the two paths,
+is its :class:`~seg25d.models.feeding.Feeding`.
 
 Reproducibility: each step's batch, augmentation and random views come from generators seeded by
 ``(seed, step, rank)``, and the optimiser and scheduler states are checkpointed, so a run killed at any point

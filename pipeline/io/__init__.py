@@ -28,7 +28,7 @@ __all__ = [
     "same_geometry", "supported_extension", "mask_name", "SUPPORTED_EXTENSIONS",
 ]
 
-NIFTI_EXTENSIONS = (".nii.gz", ".nii")
+_NIFTI_EXTENSIONS = (".nii.gz", ".nii")  # NibabelIO.extensions, known without importing nibabel
 SUPPORTED_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 _DETACHED_HEADER = (".mhd", ".nhdr")
 
@@ -36,7 +36,7 @@ _DETACHED_HEADER = (".mhd", ".nhdr")
 def _backend(path: Path) -> VolumeIO:
     """nibabel for NIfTI, SimpleITK for the rest; imported on first use, so that training and benchmarks run
     without the file-format libraries."""
-    if full_suffix(path).lower() in NIFTI_EXTENSIONS:
+    if full_suffix(path).lower() in _NIFTI_EXTENSIONS:
         from seg25d.pipeline.io.nifti import NibabelIO
 
         return NibabelIO()
@@ -74,7 +74,7 @@ def write_volume(path: str | os.PathLike, array: np.ndarray, meta: VolumeMeta) -
         raise ValueError(f"{path}: array shape {array.shape} differs from the geometry's {tuple(meta.shape)}")
     if array.dtype == bool:
         array = array.astype(np.uint8)
-    if full_suffix(path).lower() not in NIFTI_EXTENSIONS:  # SimpleITK: orthogonal directions only; checked here so that errors name the target
+    if full_suffix(path).lower() not in _NIFTI_EXTENSIONS:  # SimpleITK: orthogonal only; errors name the target
         itk_geometry_from_ras(meta.affine, path)
     if full_suffix(path).lower() in _DETACHED_HEADER:
         _write_detached(path, array, meta)

@@ -289,6 +289,10 @@ def test_training_and_benchmarks_import_no_file_format_library_nor_monai():
             "print([m for m in ('nibabel', 'SimpleITK', 'monai') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+    from seg25d.pipeline import io
+    from seg25d.pipeline.io.nifti import NibabelIO
+
+    assert io._NIFTI_EXTENSIONS == NibabelIO.extensions  # what picks the backend without importing it
 
 
 def test_scaling_records_a_step_out_of_gpu_memory_as_oom():
