@@ -27,7 +27,6 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -39,7 +38,7 @@ from seg25d.pipeline.errors import InputError
 from seg25d.pipeline.io import VolumeMeta
 from seg25d.pipeline.preprocess import Preprocessing
 
-__all__ = ["CachedCase", "cache_cases", "cache_folder", "plan_key", "fit_preprocessing", "prepare_data",
+__all__ = ["CachedCase", "cache_cases", "cache_folder", "plan_key", "native_spacings", "prepare_data",
            "default_cache_dir", "resolve_cache_dir", "CacheStats"]
 
 log = logging.getLogger(__name__)
@@ -216,59 +215,35 @@ def cache_cases(rows: pd.DataFrame, task: Task, preprocessing: Preprocessing, ro
     return cases
 
 
-class _ResampledImages(Sequence):
-    """The training images resampled but not normalised, read one at a time (what :meth:`Preprocessing.fit`
-    samples from)."""
+def native_spacings(rows: pd.DataFrame, root: str | os.PathLike) -> list[list[float]]:
+    """Each row's image spacing as stored (mm), read once and kept under ``root`` keyed by the rows' files."""
+    from seg25d.pipeline.images import image_paths, read_image
 
-    def __init__(self, rows: pd.DataFrame, task: Task, spacing, load_options: dict):
-        self.rows, self.task, self.raw, self.options = rows, task, Preprocessing(spacing, "none"), load_options
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int) -> np.ndarray:
-        if not -len(self) <= i < len(self):
-            raise IndexError(i)
-        return load_cases(self.rows.iloc[[i]], self.task, self.raw, progress=False, **self.options)[0].image
-
-
-def fit_preprocessing(preprocessing: Preprocessing, rows: pd.DataFrame, task: Task, root: str | os.PathLike,
-                      load_options: dict | None = None) -> Preprocessing:
-    """Fit the dataset statistics (``zscore``/``percentile``) on the training ``rows``, reading one case at a
-    time; the result is kept under ``root`` keyed by the settings and the rows' files, so later runs skip it."""
-    if preprocessing.normalize not in ("zscore", "percentile"):
-        return preprocessing
-    settings = {k: v for k, v in preprocessing.to_dict().items() if k != "stats"}
-    load_options = load_options or {}
-    key = _digest({"format": FORMAT, "settings": settings, "labels": task.spec.to_dict(), "loading": load_options,
-                   "sources": [_fingerprint(row) for row in rows.itertuples()]})
-    path = Path(root) / f"stats-{key}.json"
+    sources = [_fingerprint(row) for row in rows.itertuples()]
+    path = Path(root) / f"spacings-{_digest({'format': FORMAT, 'sources': sources})}.json"
     try:
-        preprocessing.stats = json.loads(path.read_text(encoding="utf-8"))["stats"]
-        return preprocessing
+        return json.loads(path.read_text(encoding="utf-8"))["spacings"]
     except (OSError, ValueError, KeyError):
         pass
-    preprocessing.fit(_ResampledImages(rows, task, preprocessing.spacing, load_options))
-    write_json(path, {"settings": settings, "stats": preprocessing.stats})
-    return preprocessing
+    spacings = [[float(s) for s in read_image(image_paths(row)).meta.spacing] for row in rows.itertuples()]
+    Path(root).mkdir(parents=True, exist_ok=True)
+    write_json(path, {"spacings": spacings})
+    return spacings
 
 
 def prepare_data(config: dict, root: str | os.PathLike, progress: bool = True,
                  stats: CacheStats | None = None) -> tuple[Task, Preprocessing, list[CachedCase], list[CachedCase]]:
     """The training run's data through the cache: its task, fitted preprocessing, training and validation cases
-    (the same arrays as reading them into memory; the cached counterpart of the trainer's data loading)."""
+    (the same arrays as reading them into memory; see :func:`~seg25d.pipeline.planning.prepare_training_data`)."""
+    from seg25d.pipeline.planning import prepare_training_data
+
     data = config["data"]
     manifest = data["manifest"]
     if not manifest:
         raise InputError("data.manifest", "no manifest given; e.g. --set data.manifest=DIR/manifest.csv")
     task = task_for(manifest)
     train_rows, val_rows = split_manifest(manifest, data, seed=int(config["train"]["seed"]))
-    prep = Preprocessing(data["spacing"] or None, data["normalize"], list(data["percentiles"]))
-    # options of load_cases that change the arrays (labels resampled onto their image's grid)
-    options = {key: bool(data[key]) for key in ("resample_labels",) if key in data}
-    root = Path(root)
-    fit_preprocessing(prep, train_rows, task, root, options)
     stats = stats if stats is not None else CacheStats()
-    train_cases = cache_cases(train_rows, task, prep, root, progress, stats, options)
-    val_cases = cache_cases(val_rows, task, prep, root, progress, stats, options)
+    prep, _, train_cases, val_cases = prepare_training_data(config, task, train_rows, val_rows, progress,
+                                                            cache=Path(root), stats=stats)
     return task, prep, train_cases, val_cases

@@ -15,6 +15,7 @@ COMMANDS = (
     "demo",
     "synth",
     "manifest",
+    "dataset",
     "preprocess",
     "train",
     "predict",

@@ -30,10 +30,10 @@ PRESET_DIR = Path(__file__).with_name("presets")
 DEFAULTS: dict[str, dict[str, Any]] = {
     "data": {
         "manifest": "",             # manifest CSV (case_id,image,label,split[,group]); its .json sidecar names classes
-        "spacing": [],              # target voxel size (mm, D H W) to resample to; [] keeps each volume's own
-        "normalize": "case_zscore",  # case_zscore | zscore | percentile | none
+        "spacing": "auto",          # target voxel size (mm, D H W); "auto": the plan's; [] keeps each volume's own
+        "normalize": "auto",        # "auto" (the plan's, per modality) | case_zscore | zscore | percentile | ct | none
         "percentiles": [0.5, 99.5],  # clipping bounds for normalize = "percentile"
-        "patch_size": [],           # 3D patch (D H W) for the 3D CNNs (unet3d, monai_unet); [] = whole volumes
+        "patch_size": [],           # 3D patch (D H W) for the 3D CNNs (unet3d, monai_unet); [] = whole volumes; "auto": the plan's
         "foreground_fraction": 0.33,  # share of patches / slices drawn to contain foreground
         "val_fraction": 0.0,        # when the manifest has no val split: share of train cases held out (by group)
         "folds": 0,                 # cross-validation folds (GroupKFold by group); 0: use the manifest's splits
@@ -178,10 +178,12 @@ def load_config(name_or_file: str | os.PathLike | None = None, overrides: list[s
     return config
 
 
-# item types of the lists whose default is empty
-_ITEMS = {"data.spacing": float, "data.patch_size": int, "data.exclude": str}
+# item types of the lists whose default is empty or a word
+_ITEMS = {"data.spacing": float, "data.patch_size": int, "data.exclude": str, "data.normalize": str}
 # keys that take a word ("auto") or a value of another type
-_ALSO = {"train.workers": (int,)}
+_ALSO = {"train.workers": (int,), "data.spacing": (list,), "data.normalize": (list,), "data.patch_size": (str,)}
+# keys whose only string values are these words
+_WORDS = {"data.spacing": ("auto",), "data.patch_size": ("auto",), "train.workers": ("auto",)}
 _TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a table"}
 _ITEM_NAMES = {int: "integers", float: "numbers", str: "strings"}
 
@@ -194,21 +196,32 @@ def _fits(value, kind: type) -> bool:
     return isinstance(value, kind)
 
 
+def _list_item(name: str, default) -> type:
+    kind = _ITEMS.get(name) or type(default[0])
+    return float if kind is int and any(isinstance(v, float) for v in default) else kind
+
+
 def _check_types(config: dict, defaults: dict, prefix: str = "") -> None:
-    """Every value has its default's type: bool, integer, number (integer or float), string, table or list of
-    these; the first mismatch raises InputError ``<key>: expected a number, got 'abc'``."""
+    """Every value has its default's type (or one :data:`_ALSO` allows): bool, integer, number (integer or
+    float), string, table or list of these; the first mismatch raises InputError ``<key>: expected a number,
+    got 'abc'``."""
     for key, default in defaults.items():
         name, value = f"{prefix}{key}", config[key]
         if isinstance(default, dict) and key != "options":
             _check_types(value, default, f"{name}.")
-        elif isinstance(default, list):
-            kind = _ITEMS.get(name) or type(default[0])
-            kind = float if kind is int and any(isinstance(v, float) for v in default) else kind
-            if not isinstance(value, list) or not all(_fits(v, kind) for v in value):
-                raise InputError(name, f"expected a list of {_ITEM_NAMES[kind]}, got {value!r}")
-        elif not any(_fits(value, kind) for kind in (type(default), *_ALSO.get(name, ()))):
-            expected = " or ".join(_TYPE_NAMES[kind] for kind in (type(default), *_ALSO.get(name, ())))
-            raise InputError(name, f"expected {expected}, got {value!r}")
+            continue
+        kinds = (type(default), *_ALSO.get(name, ()))
+        if isinstance(value, list) and list in kinds:
+            item = _list_item(name, default)
+            if all(_fits(v, item) for v in value):
+                continue
+        elif any(_fits(value, kind) for kind in kinds if kind is not list) and not (
+                isinstance(value, str) and name in _WORDS and value not in _WORDS[name]):
+            continue
+        expected = " or ".join(f"a list of {_ITEM_NAMES[_list_item(name, default)]}" if kind is list
+                               else " or ".join(f'"{w}"' for w in _WORDS[name]) if kind is str and name in _WORDS
+                               else _TYPE_NAMES[kind] for kind in kinds)
+        raise InputError(name, f"expected {expected}, got {value!r}")
 
 
 _POSITIVE = ("max_steps", "batch_size", "slices_per_step", "checkpoint_every", "val_every")

@@ -19,6 +19,7 @@ from tqdm import tqdm
 from seg25d.models.feeding import Feeding
 from seg25d.models.slicestack import stack_indices
 from seg25d.pipeline.errors import InputError
+from seg25d.pipeline.images import image_paths, read_image
 from seg25d.pipeline.io import VolumeMeta, read_volume
 from seg25d.pipeline.manifest import (LabelSpec, label_on_image_grid, label_spec_or_infer, label_value_problem,
                                       read_manifest)
@@ -115,7 +116,7 @@ def load_cases(rows: pd.DataFrame, task: Task, preprocessing: Preprocessing, pro
     another grid than its image is an error, or with ``resample_labels`` resampled onto the image's grid."""
     cases = []
     for row in tqdm(list(rows.itertuples()), desc="loading", unit="case", disable=not progress, leave=False):
-        image = read_volume(row.image)
+        image = read_image(image_paths(row))  # (C, D, H, W): one channel per modality
         masks = None
         if row.label:
             label = read_volume(row.label)

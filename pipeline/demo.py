@@ -57,7 +57,9 @@ def run_demo(out_dir: str | os.PathLike = "seg25d_demo", minutes: float = 8.0, c
         "train_steps": result.steps,
         "prediction_seconds_per_volume": report["seconds"] / max(1, report["predicted"]),
     }
-    write_json(out / "demo.json", summary)
+    from seg25d.pipeline.provenance import provenance
+
+    write_json(out / "demo.json", {**summary, "benchmark": "demo", "provenance": provenance()})
     page = write_report(out / "evaluation")
     print(f"[5/5] report: {page}")
     print(f"test Dice {summary['test_dice']:.3f} (best global threshold: {summary['threshold_test_dice']:.3f}); "

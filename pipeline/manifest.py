@@ -2,7 +2,7 @@
 
 ``M.csv`` has the columns ``case_id,image,label,split[,group]``; paths are relative to the CSV's folder; ``label``
 may be empty (inference-only sets); ``split`` is ``train``, ``val`` or ``test``; ``group`` (e.g. the patient)
-keeps related cases in one fold.
+keeps related cases in one fold. Several co-registered modalities go in ``image_0,image_1,...`` instead of ``image``.
 
 ``M.json`` (same name, ``.json``) declares the classes as a :class:`LabelSpec`::
 
@@ -20,6 +20,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -173,15 +174,19 @@ def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     except Exception as err:
         raise InputError(path, f"cannot parse CSV ({err})") from None
+    channels = _channel_columns(frame.columns)
+    if channels and "image" not in frame.columns:
+        frame["image"] = frame[channels[0]]
     missing = [c for c in ("case_id", "image") if c not in frame.columns]
     if missing:
         raise InputError(path, f"missing column(s) {', '.join(missing)}; expected {','.join(COLUMNS)}")
-    unknown = [c for c in frame.columns if c not in COLUMNS]
-    if unknown:
-        raise InputError(path, f"unknown column(s) {', '.join(unknown)}; expected {','.join(COLUMNS)}")
+    unknown = [c for c in frame.columns if c not in COLUMNS and c not in channels]
+    if unknown or (channels and channels != [f"image_{k}" for k in range(len(channels))]):
+        raise InputError(path, f"unknown column(s) {', '.join(unknown or channels)}; expected {','.join(COLUMNS)} "
+                               "(several modalities: image_0,image_1,... instead of image)")
     if frame.empty:
         raise InputError(path, "no cases (the CSV has a header only)")
-    frame = frame.reindex(columns=list(COLUMNS), fill_value="")
+    frame = frame.reindex(columns=list(COLUMNS) + channels, fill_value="")
     frame = frame.apply(lambda col: col.str.strip())
     for row, (case, image, split) in enumerate(zip(frame.case_id, frame.image, frame.split), start=2):
         if not case:
@@ -195,7 +200,11 @@ def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
     if len(dup):
         raise InputError(path, f"duplicate case_id {', '.join(dup[:5])}")
     base = path.resolve().parent
-    frame["image"] = [str((base / p).resolve()) for p in frame.image]
+    for col in ["image", *channels]:
+        frame[col] = [str((base / p).resolve()) if p else "" for p in frame[col]]
+    for row, values in enumerate(zip(*(frame[c] for c in channels)), start=2):
+        if not all(values):
+            raise InputError(path, f"line {row} ({frame.case_id.iloc[row - 2]}): empty path in {', '.join(channels)}")
     frame["label"] = pd.Series([str((base / p).resolve()) if p else None for p in frame.label],
                                index=frame.index, dtype=object)
     frame["group"] = [g or c for g, c in zip(frame.group, frame.case_id)]
@@ -207,12 +216,18 @@ def write_manifest(path: str | os.PathLike, rows: pd.DataFrame | Sequence[dict])
     path = Path(path)
     frame = pd.DataFrame(rows).copy()
     base = path.resolve().parent
-    for col in ("image", "label"):
+    channels = _channel_columns(frame.columns)
+    for col in ("image", "label", *channels):
         if col in frame:
             frame[col] = [_relative(p, base) for p in frame[col]]
-    columns = [c for c in COLUMNS if c in frame.columns]
+    columns = [c for c in COLUMNS if c in frame.columns and not (c == "image" and channels)]
+    columns[1:1] = channels
     write_csv(path, frame[columns])
     return path
+
+
+def _channel_columns(columns) -> list[str]:
+    return sorted((c for c in columns if re.fullmatch(r"image_\d+", c)), key=lambda c: int(c[6:]))
 
 
 def _relative(p, base: Path) -> str:
@@ -272,9 +287,11 @@ def check_manifest(path: str | os.PathLike, spec: LabelSpec | None = None) -> tu
     each naming the file and what is wrong: unreadable or corrupt files, non-3D data, NaN/Inf voxels, labels
     whose size or geometry differs from the image, label values outside the declared classes.
     """
+    from seg25d.pipeline.images import declared_channels, image_paths, read_image
     from seg25d.pipeline.io import read_volume
 
     frame = read_manifest(path)
+    channels = declared_channels(path)
     spec = spec or read_label_spec(path)
     rows, problems = [], []
     labels = {}
@@ -282,7 +299,10 @@ def check_manifest(path: str | os.PathLike, spec: LabelSpec | None = None) -> tu
         row = {"case_id": case.case_id, "split": case.split, "shape": "", "spacing_mm": "", "classes": "", "status": "ok"}
         case_problems = []
         try:
-            image = read_volume(case.image)
+            image = read_image(image_paths(case))
+            if image.array.shape[0] != len(channels):
+                raise InputError(case.image, f"{image.array.shape[0]} channels (a 4D image or image_k columns); the "
+                                             f"sidecar declares {len(channels)} ({', '.join(channels)})")
             row["shape"] = "x".join(map(str, image.meta.shape))
             row["spacing_mm"] = "x".join(f"{s:.3g}" for s in image.meta.spacing)
         except InputError as err:
@@ -343,8 +363,7 @@ def assign_splits(manifest: str | os.PathLike, out: str | os.PathLike, val: floa
     if "train" not in split.values():
         raise InputError(manifest, "no group left for training; lower --val/--test")
     frame = frame.assign(split=frame.group.map(split))
-    spec = read_label_spec(manifest)
-    if spec is not None:
-        write_label_spec(out, spec)
+    if read_label_spec(manifest) is not None:  # validated; copied whole (it may name the channels too)
+        write_json(sidecar_path(out), json.loads(sidecar_path(manifest).read_text()))
     write_manifest(out, frame)
     return frame

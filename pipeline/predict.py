@@ -31,14 +31,17 @@ from seg25d.pipeline.atomic import full_suffix, remove_stale_temporaries, write_
 from seg25d.pipeline.checkpoint import load_checkpoint, load_model
 from seg25d.pipeline.device import describe_device, distributed_backend, resolve_device, resolve_precision
 from seg25d.pipeline.provenance import command_line
+from seg25d.pipeline.ensemble import Ensemble
 from seg25d.pipeline.errors import InputError
-from seg25d.pipeline.io import read_volume, write_mask, write_volume
+from seg25d.pipeline.images import image_paths, read_image
+from seg25d.pipeline.io import write_mask, write_volume
+from seg25d.pipeline.label_tables import write_label_tables
 from seg25d.pipeline.manifest import LabelSpec, read_manifest
 from seg25d.pipeline.outputs import check_out_dir, inside, make_out_dir, safe_name
 from seg25d.pipeline.preprocess import Preprocessing
 from seg25d.pipeline.volume_inference import predict_probabilities, probabilities_to_masks
 
-__all__ = ["Predictor", "PredictionJob", "predict_batch", "jobs_from_manifest", "jobs_from_inputs"]
+__all__ = ["Predictor", "PredictionJob", "predict_batch", "jobs_from_manifest"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +51,11 @@ class PredictionJob:
     case_id: str
     image: str
     name: str  # output file name
+    channels: tuple[str, ...] = ()  # every channel file of a multi-modal case (image is the first)
+
+    @property
+    def paths(self) -> list[str]:
+        return list(self.channels) or [self.image]
 
 
 class Predictor:
@@ -65,6 +73,8 @@ class Predictor:
             safe_name(name, checkpoint, "class name")
         self.sigmoid = bool(payload["sigmoid"])
         self.preprocessing = Preprocessing.from_dict(payload["preprocessing"])
+        self.in_channels = int(payload["model_config"]["in_channels"])
+        self.postprocessing = payload.get("postprocessing")  # the largest-component decision of training
 
     def probabilities(self, volume, tta: bool = False):
         """Per-class probabilities ``(K, D, H, W)`` on the volume's own grid."""
@@ -85,19 +95,8 @@ def jobs_from_manifest(manifest, split: str | None = None) -> list[PredictionJob
     jobs = []
     for row in frame.itertuples():
         ext = ".nii.gz" if Path(row.image).is_dir() else full_suffix(row.image).lower()
-        jobs.append(PredictionJob(row.case_id, row.image, f"{row.case_id}{ext}"))
-    return jobs
-
-
-def jobs_from_inputs(paths) -> list[PredictionJob]:
-    jobs, seen = [], set()
-    for p in map(Path, paths):
-        name = f"{p.name}.nii.gz" if p.is_dir() else p.name
-        case_id = name[: len(name) - len(full_suffix(name))] if full_suffix(name) else name
-        if name in seen:
-            raise InputError(p, f"two inputs would both write {name}")
-        seen.add(name)
-        jobs.append(PredictionJob(case_id, str(p), name))
+        paths = image_paths(row)
+        jobs.append(PredictionJob(row.case_id, row.image, f"{row.case_id}{ext}", tuple(paths) if len(paths) > 1 else ()))
     return jobs
 
 
@@ -111,19 +110,25 @@ def _shard(jobs: list[PredictionJob], device: torch.device) -> tuple[list[Predic
 
 
 def predict_batch(checkpoint, jobs: list[PredictionJob], out_dir, probabilities: bool = False, tta: bool = False,
-                  overwrite: bool = False, progress: bool = True, device: str = "auto",
+                  overwrite: bool = False, progress: bool = True, largest_component=None, device: str = "auto",
                   precision: str | None = None) -> dict:
     """Predict every job on ``device`` in ``precision`` (see :class:`Predictor`); returns counts and the failures
-    (also written to ``out_dir/failures.csv``)."""
+    (also written to ``out_dir/failures.csv``).
+
+    ``checkpoint``: one checkpoint or several (their probabilities are averaged); ``largest_component``: see
+    :class:`~seg25d.pipeline.ensemble.Ensemble`."""
     out_dir = check_out_dir(out_dir)
-    predictor = Predictor(checkpoint, device, precision)  # a refused checkpoint leaves no output folder behind
+    predictor = Ensemble(checkpoint, largest_component, device, precision)  # a refused checkpoint: no folder left
     make_out_dir(out_dir)
-    inputs = {Path(job.image).resolve() for job in jobs}
+    inputs = {Path(path).resolve() for job in jobs for path in job.paths}
     mine, rank, world = _shard(jobs, predictor.device)
     if rank == 0:
-        write_json(out_dir / "labels.json", predictor.spec.to_dict())
-        write_json(out_dir / "prediction.json", {"checkpoint": str(Path(checkpoint).resolve()), "tta": tta,
-                                                 "device": describe_device(predictor.device), "precision": predictor.precision,
+        write_label_tables(out_dir, predictor.spec)
+        write_json(out_dir / "prediction.json", {"checkpoint": str(Path(predictor.checkpoints[0]).resolve()),
+                                                 "checkpoints": [str(Path(c).resolve()) for c in predictor.checkpoints],
+                                                 "largest_component": predictor.largest_component, "tta": tta,
+                                                 "device": describe_device(predictor.device),
+                                                 "precision": predictor.precision,
                                                  "command": command_line()})
     failures, done, skipped = [], 0, 0
     start = time.perf_counter()
@@ -143,7 +148,7 @@ def predict_batch(checkpoint, jobs: list[PredictionJob], out_dir, probabilities:
             if all(path.exists() for path in outputs) and not overwrite:
                 skipped += 1
                 continue
-            volume = read_volume(job.image)
+            volume = read_image(job.paths)
             probs = predictor.probabilities(volume, tta=tta)
             if probabilities:
                 for path, p in zip(maps, probs):

@@ -16,7 +16,7 @@ from seg25d.pipeline.resample import resample_image, resample_masks, target_shap
 
 __all__ = ["Preprocessing", "NORMALIZATIONS"]
 
-NORMALIZATIONS = ("case_zscore", "zscore", "percentile", "none")
+NORMALIZATIONS = ("case_zscore", "zscore", "percentile", "ct", "none")
 
 
 @dataclasses.dataclass
@@ -25,18 +25,32 @@ class Preprocessing:
 
     Normalisations: ``case_zscore`` (each volume to mean 0, sd 1: MR with arbitrary scale), ``zscore``
     (the training set's mean and sd), ``percentile`` (clip to the training set's percentiles, then its mean
-    and sd: CT-like), ``none``. Dataset statistics come from :meth:`fit` on the training images.
+    and sd), ``ct`` (clip to the percentiles of the dataset's foreground, then its foreground mean and sd:
+    the statistics come from the plan, :mod:`seg25d.pipeline.planning`), ``none``. ``normalize`` is one name
+    for every channel or a list with one per channel (modality). ``zscore``/``percentile`` statistics come
+    from :meth:`fit` on the training images.
     """
 
     spacing: list[float] | None = None
-    normalize: str = "case_zscore"
+    normalize: str | list[str] = "case_zscore"
     percentiles: list[float] = dataclasses.field(default_factory=lambda: [0.5, 99.5])
     stats: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
-        if self.normalize not in NORMALIZATIONS:
-            raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {self.normalize!r}")
+        if isinstance(self.normalize, (list, tuple)):
+            self.normalize = [str(n) for n in self.normalize]
+        for name in (self.normalize if isinstance(self.normalize, list) else [self.normalize]):
+            if name not in NORMALIZATIONS:
+                raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {name!r}")
         self.spacing = [float(s) for s in self.spacing] if self.spacing else None
+
+    def scheme(self, channel: int) -> str:
+        """The normalisation of one channel."""
+        if isinstance(self.normalize, list):
+            if channel >= len(self.normalize):
+                raise ValueError(f"normalize names {len(self.normalize)} channel(s); the image has more")
+            return self.normalize[channel]
+        return self.normalize
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -50,39 +64,49 @@ class Preprocessing:
         return tuple(shape) if self.spacing is None else target_shape(shape, spacing, self.spacing)
 
     def fit(self, images: list[np.ndarray]) -> "Preprocessing":
-        """Collect dataset statistics from training images (each ``(C, D, H, W)``, already resampled)."""
-        if self.normalize in ("zscore", "percentile"):
-            channels = images[0].shape[0]
-            rng = np.random.default_rng(0)
-            samples = [np.concatenate([rng.choice(im[c].ravel(), size=min(im[c].size, 100_000), replace=False)
-                                       for im in images]) for c in range(channels)]
-            low = [float(np.percentile(s, self.percentiles[0])) for s in samples]
-            high = [float(np.percentile(s, self.percentiles[1])) for s in samples]
-            if self.normalize == "percentile":
-                samples = [np.clip(s, lo, hi) for s, lo, hi in zip(samples, low, high)]
-            self.stats = {"mean": [float(s.mean()) for s in samples], "std": [float(s.std()) or 1.0 for s in samples],
-                          "low": low, "high": high}
+        """Collect dataset statistics from training images (each ``(C, D, H, W)``, already resampled) for the
+        ``zscore``/``percentile`` channels; other channels keep theirs (``ct``: from the plan)."""
+        channels = images[0].shape[0]
+        fitted = [c for c in range(channels) if self.scheme(c) in ("zscore", "percentile")]
+        if not fitted:
+            return self
+        stats = {k: list(self.stats.get(k) or [0.0] * channels) for k in ("mean", "std", "low", "high")}
+        rng = np.random.default_rng(0)
+        for c in fitted:
+            sample = np.concatenate([rng.choice(im[c].ravel(), size=min(im[c].size, 100_000), replace=False)
+                                     for im in images])
+            low, high = (float(np.percentile(sample, q)) for q in self.percentiles)
+            if self.scheme(c) == "percentile":
+                sample = np.clip(sample, low, high)
+            stats["mean"][c], stats["std"][c] = float(sample.mean()), float(sample.std()) or 1.0
+            stats["low"][c], stats["high"][c] = low, high
+        self.stats = stats
         return self
 
     def image(self, array: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
         """Raw ``(D, H, W)`` or ``(C, D, H, W)`` image -> resampled, normalised float32 ``(C, D', H', W')``."""
+        return self.normalise(self.resample(array, spacing))
+
+    def resample(self, array: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
+        """Raw ``(D, H, W)`` or ``(C, D, H, W)`` image -> float32 ``(C, D', H', W')`` on the working grid."""
         image = np.asarray(array, dtype=np.float32)
         if image.ndim == 3:
             image = image[None]
         shape = self.grid(image.shape[1:], spacing)
         if tuple(shape) != tuple(image.shape[1:]):
             image = resample_image(image, shape, order=1)
-        return self.normalise(image)
+        return image
 
     def normalise(self, image: np.ndarray) -> np.ndarray:
         out = np.empty_like(image, dtype=np.float32)
         for c, channel in enumerate(image):
-            if self.normalize == "case_zscore":
+            scheme = self.scheme(c)
+            if scheme == "case_zscore":
                 out[c] = (channel - channel.mean()) / max(float(channel.std()), 1e-8)
-            elif self.normalize == "none":
+            elif scheme == "none":
                 out[c] = channel
             else:
-                if self.normalize == "percentile":
+                if scheme in ("percentile", "ct"):
                     channel = np.clip(channel, self.stats["low"][c], self.stats["high"][c])
                 out[c] = (channel - self.stats["mean"][c]) / self.stats["std"][c]
         return out

@@ -46,6 +46,7 @@ def _case_overlays(summary: dict, metrics: pd.DataFrame, figures: Path) -> list[
     """MIP overlays for the best, median and worst case by mean Dice."""
     from seg25d.pipeline.evaluate import find_prediction
     from seg25d.pipeline.figures import mip_overlay
+    from seg25d.pipeline.images import image_paths, read_image
     from seg25d.pipeline.io import read_volume
     from seg25d.pipeline.manifest import read_label_spec, read_manifest
 
@@ -64,13 +65,13 @@ def _case_overlays(summary: dict, metrics: pd.DataFrame, figures: Path) -> list[
     out = []
     for tag, case_id in picks.items():
         row = rows.loc[case_id]
-        image = read_volume(row.image)
+        image = read_image(image_paths(row))  # (C, D, H, W): the first channel is drawn
         truth = read_volume(row.label).array
         pred = read_volume(find_prediction(pred_dir, case_id, Path(row.label))).array
         truth_fg = spec.masks(truth).any(0) if spec else truth > 0
         pred_fg = spec.masks(pred).any(0) if spec else pred > 0
         path = inside(figures, f"{tag}_{case_id}.png")
-        mip_overlay(image.array.astype(np.float32), truth_fg, pred_fg, image.meta.spacing, path,
+        mip_overlay(image.array[0].astype(np.float32), truth_fg, pred_fg, image.meta.spacing, path,
                     title=f"{tag}: {case_id}, mean Dice {per_case[case_id]:.3f}")
         out.append((f"{tag} case: {case_id} (mean Dice {per_case[case_id]:.3f})", path))
     return out

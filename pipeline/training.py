@@ -45,19 +45,20 @@ from tqdm import tqdm
 from seg25d.models import build, feeding_of
 from seg25d.models.projection25d import resolve_scale
 from seg25d.pipeline.atomic import write_csv, write_json
-from seg25d.pipeline.cache import prepare_data, resolve_cache_dir
+from seg25d.pipeline.cache import resolve_cache_dir
 from seg25d.pipeline.callbacks import TrainerCallback
 from seg25d.pipeline.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from seg25d.pipeline.device import (
     autocast, describe_device, distributed_backend, grad_scaler, local_device_for_rank, peak_memory,
     peak_memory_reset, resolve_device, resolve_precision, set_deterministic, synchronize, to_device,
 )
-from seg25d.pipeline.data import BatchSampler, load_cases, split_manifest, step_generator, task_for
+from seg25d.pipeline.data import BatchSampler, split_manifest, step_generator, task_for
 from seg25d.pipeline.errors import InputError
 from seg25d.pipeline.loader import BatchLoader, resolve_workers
 from seg25d.pipeline.losses import segmentation_loss
 from seg25d.pipeline.metrics import dice_per_class
-from seg25d.pipeline.preprocess import Preprocessing
+from seg25d.pipeline.planning import planned_config, prepare_training_data
+from seg25d.pipeline.postprocess import record_postprocessing
 from seg25d.pipeline.provenance import run_commands
 from seg25d.pipeline.volume_inference import predict_probabilities, probabilities_to_masks
 
@@ -138,21 +139,14 @@ def _load_data(config: dict, main: bool):
     if not manifest:
         raise InputError("data.manifest", "no manifest given; e.g. --set data.manifest=DIR/manifest.csv "
                                           "(seg25d synth vessels --out DIR makes one)")
-    cache = resolve_cache_dir(config["data"]["cache"])
-    if cache is not None:  # preprocessed once to disk, read memory-mapped (seg25d.pipeline.cache)
-        return prepare_data(config, cache, progress=main and config["train"]["progress"])
     task = task_for(manifest)
     train_rows, val_rows = split_manifest(manifest, config["data"], seed=int(config["train"]["seed"]))
-    data = config["data"]
-    prep = Preprocessing(data["spacing"] or None, data["normalize"], list(data["percentiles"]))
-    raw = Preprocessing(prep.spacing, "none")
-    progress, resample = main and config["train"]["progress"], bool(data["resample_labels"])
-    train_cases = load_cases(train_rows, task, raw, progress=progress, resample_labels=resample)
-    val_cases = load_cases(val_rows, task, raw, progress=progress, resample_labels=resample)
-    prep.fit([c.image for c in train_cases])
-    for case in train_cases + val_cases:
-        case.image = prep.normalise(case.image)
-    return task, prep, train_cases, val_cases
+    prep, plan, train_cases, val_cases = prepare_training_data(config, task, train_rows, val_rows,
+                                                               progress=main and config["train"]["progress"],
+                                                               cache=resolve_cache_dir(config["data"]["cache"]))
+    if main:
+        log.info("%s", plan.summary())
+    return task, prep, plan, train_cases, val_cases
 
 
 class _Trainer:
@@ -174,7 +168,7 @@ class _Trainer:
         set_deterministic(bool(tc["deterministic"]))
         if self.dist.main:
             print(f"device: {describe_device(self.device)}, precision {self.precision}", flush=True)
-        self.task, self.prep, self.train_cases, self.val_cases = _load_data(config, self.dist.main)
+        self.task, self.prep, self.plan, self.train_cases, self.val_cases = _load_data(config, self.dist.main)
         if tc["val_max_cases"]:
             self.val_cases = self.val_cases[: int(tc["val_max_cases"])]
         mc = config["model"]
@@ -199,7 +193,7 @@ class _Trainer:
                              else ("exclusive softmax", "ce_dice or dice"))
             raise InputError("loss.kind", f"{lc['kind']} does not fit {outputs} outputs of classes "
                                           f"{', '.join(self.task.classes)}; use {need}")
-        self.sampler = BatchSampler(self.train_cases, self.feeding, config)
+        self.sampler = BatchSampler(self.train_cases, self.feeding, planned_config(config, self.plan))
         self.two_paths = self.feeding.two_paths
         self.step, self.best, self.elapsed, self.path2_started = 0, -math.inf, 0.0, False
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=float(tc["lr"]),
@@ -225,7 +219,8 @@ class _Trainer:
             "step": self.step, "best_score": self.best, "elapsed_seconds": self.elapsed,
             "path2_started": self.path2_started, "config": self.config, "task": self.task.spec.to_dict(),
             "classes": list(self.task.classes), "sigmoid": self.task.sigmoid,
-            "preprocessing": self.prep.to_dict(), "rng": rng_state(), "scaler_state": self.scaler.state_dict(),
+            "preprocessing": self.prep.to_dict(), "plan": self.plan.to_dict(), "rng": rng_state(),
+            "scaler_state": self.scaler.state_dict(),
         }
 
     def _resume(self):
@@ -390,6 +385,7 @@ class _Trainer:
         if self.dist.main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             write_json(self.out_dir / "config.json", self.config)
+            write_json(self.out_dir / "plan.json", self.plan.to_dict())
             write_json(self.out_dir / "run.json", {"commands": run_commands(self.out_dir / "run.json", self.step > 0),
                                                    "resumed_at_step": self.step,
                                                    "device": describe_device(self.device),
@@ -444,6 +440,8 @@ class _Trainer:
                 break
         bar.close()
         self.batches.close()
+        if self.dist.main and self.val_cases:  # --largest-component auto: where it raises validation Dice
+            record_postprocessing(self.out_dir, self.val_cases, self.task, self.device)
         best = self.out_dir / "best.pt"
         return TrainResult(self.out_dir, self.step, self.best if self.val_cases else None, self.out_dir / "last.pt",
                            best if best.exists() else None, stopped_by_time)

@@ -24,6 +24,7 @@ import pandas as pd
 from seg25d.pipeline.atomic import write_csv, write_json, write_text
 from seg25d.pipeline.errors import InputError
 from seg25d.pipeline.memory import ENV as STEP_MEMORY_ENV
+from seg25d.pipeline.provenance import provenance
 from seg25d.pipeline.turns import TURN_SECONDS, run_in_turns
 
 __all__ = ["bench_compare", "run_entries", "DEFAULT_MODELS", "markdown_table"]
@@ -148,7 +149,7 @@ def run_entries(entries, manifest, budget_minutes: float, out_dir, seed: int, co
                "train_wall_seconds": round(outcome.seconds, 1), "turns": outcome.turns,
                "step_seconds": float(steps.step_seconds.median()), "peak_extra_mb": memory["step_peak_extra_mb"],
                "infer_peak_extra_mb": memory["infer_peak_extra_mb"], "infer_seconds_per_volume": infer,
-               "parameters": _parameters(checkpoint)}
+               "parameters": _parameters(checkpoint), "cases": int(scores.case_id.nunique())}
         for cls, group in scores.dropna(subset=["class"]).groupby("class"):
             row[f"dice_{cls}"] = float(group.dice.mean())
             row[f"dice_sd_{cls}"] = float(group.dice.std())
@@ -156,7 +157,8 @@ def run_entries(entries, manifest, budget_minutes: float, out_dir, seed: int, co
         rows.append(row)
         frame = pd.DataFrame(rows)
         write_csv(out_dir / f"{name}.csv", frame)
-        write_json(out_dir / f"{name}.json", {"manifest": str(manifest), "budget_minutes": budget_minutes,
+        write_json(out_dir / f"{name}.json", {"benchmark": name, "provenance": provenance(),
+                                              "manifest": str(manifest), "budget_minutes": budget_minutes,
                                               "seed": seed, "config": config, "turn_seconds": turn_seconds,
                                               "cpus": os.cpu_count(), "rows": rows})
         write_text(out_dir / f"{name}.md", markdown_table(frame, budget_minutes))

@@ -23,6 +23,7 @@ import pandas as pd
 from seg25d.pipeline.atomic import atomic_path, write_csv, write_json
 from seg25d.pipeline.bench.step import OOM_EXIT
 from seg25d.pipeline.memory import MEASURE_ENV
+from seg25d.pipeline.provenance import provenance
 
 __all__ = ["bench_scaling", "SCALING_MODELS", "physical_memory_gb"]
 
@@ -108,7 +109,8 @@ def bench_scaling(sizes=(64, 96, 128, 192, 256), out_dir="bench_scaling", models
             rows.append(row)
             frame = pd.DataFrame(rows)
             write_csv(out_dir / "scaling.csv", frame)
-            write_json(out_dir / "scaling.json", {"memory_limit_gb": limit_gb, "device": device, "rows": rows})
+            write_json(out_dir / "scaling.json", {"benchmark": "scaling", "provenance": provenance(),
+                                                  "memory_limit_gb": limit_gb, "device": device, "rows": rows})
     frame = pd.DataFrame(rows)
     scaling_figure(frame, out_dir / "scaling.png")
     return frame

@@ -89,28 +89,49 @@ def register(subparsers) -> None:
     add_device_arguments(memory, precision_default="train.precision")
     memory.set_defaults(func=_memory)
 
+    report = sub.add_parser("report", help="docs/benchmarks.md from the results files: one section per benchmark",
+                            description="Write one Markdown section per benchmark found in the results files "
+                                        "(JSON) under each DIR: its table, the command that regenerates it and "
+                                        "the machine, torch version and date it ran on.")
+    report.add_argument("dirs", nargs="+", type=Path, metavar="DIR", help="folders (or files) of results")
+    report.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"),
+                        help="Markdown file to write (default docs/benchmarks.md)")
+    report.set_defaults(func=_report)
+
+
+def _write_rows(path: Path, frame, rows: list[dict], benchmark: str) -> None:
+    """CSV, or JSON with the provenance that ``bench report`` reads when ``path`` ends in .json."""
+    from seg25d.pipeline.atomic import write_csv, write_json
+    from seg25d.pipeline.provenance import provenance
+
+    if path.suffix == ".json":
+        write_json(path, {"benchmark": benchmark, "provenance": provenance(), "rows": rows})
+    else:
+        write_csv(path, frame)
+
 
 def _operators(args) -> int:
     from seg25d.pipeline.atomic import write_json
     from seg25d.pipeline.bench.operators import bench_operators, format_operators
+    from seg25d.pipeline.provenance import provenance
 
     result = bench_operators(args.size, args.directions, args.repeats)
     print(format_operators(result))
     if args.out:
-        write_json(args.out, result)
+        write_json(args.out, {**result, "benchmark": "operators", "provenance": provenance()})
     return 0
 
 
 def _models(args) -> int:
     import pandas as pd
 
-    from seg25d.pipeline.atomic import write_csv
     from seg25d.pipeline.bench.models import bench_models
 
-    frame = pd.DataFrame(bench_models(tuple(args.shape), models=args.models, device=args.device or "auto"))
+    rows = bench_models(tuple(args.shape), models=args.models, device=args.device or "auto")
+    frame = pd.DataFrame(rows)
     print(frame.to_string(index=False))
     if args.out:
-        write_csv(args.out, frame)
+        _write_rows(args.out, frame, rows, "models")
     return 0
 
 
@@ -135,13 +156,13 @@ def _ablation(args) -> int:
 def _oracle(args) -> int:
     import pandas as pd
 
-    from seg25d.pipeline.atomic import write_csv
     from seg25d.pipeline.bench.oracle import bench_oracle
 
-    frame = pd.DataFrame(bench_oracle(args.manifest, args.split))
+    rows = bench_oracle(args.manifest, args.split)
+    frame = pd.DataFrame(rows)
     print(frame.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     if args.out:
-        write_csv(args.out, frame)
+        _write_rows(args.out, frame, rows, "oracle")
     return 0
 
 
@@ -164,4 +185,11 @@ def _memory(args) -> int:
 
     print(format_memory(bench_memory(args.out, args.n, args.shape, args.steps, args.models, args.workers,
                                      overrides=(*args.overrides, *device_overrides(args)))))
+    return 0
+
+
+def _report(args) -> int:
+    from seg25d.pipeline.bench.report import write_benchmarks
+
+    print(f"wrote {write_benchmarks(args.dirs, args.out)}")
     return 0

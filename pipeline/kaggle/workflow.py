@@ -549,7 +549,9 @@ def collect_cv(run_dir: str | os.PathLike) -> dict:
         mean[column] = float(values.mean()) if values.notna().any() else float("nan")
     result = {"run": str(run_dir), "folds": rows, "mean": mean, "n_folds": len(rows),
               "folds_expected": max(expected) if expected else None}
-    write_json(run_dir / "cv.json", result)
+    from seg25d.pipeline.provenance import provenance
+
+    write_json(run_dir / "cv.json", {**result, "benchmark": "kaggle_cv", "provenance": provenance()})
     write_csv(run_dir / "cv.csv", pd.DataFrame([*rows, mean], columns=list(_CV_COLUMNS)))
     return result
 

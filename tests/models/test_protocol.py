@@ -115,7 +115,7 @@ def test_a_new_model_trains_and_predicts_through_the_pipeline(manifest, tmp_path
     monkeypatch.setattr(figures, "training_curves", lambda metrics, path: path)
     sets = [f"data.manifest='{manifest}'", f"model.name='{name}'", "model.options={}", "train.max_steps=3",
             "train.progress=false", "train.threads=1", "train.slices_per_step=4", "train.val_every=3",
-            "train.checkpoint_every=3", "train.precision='fp32'", "train.workers=0"]  # batches made here, seen
+            "train.checkpoint_every=3", "train.precision='fp32'", "train.workers=0"]
     seen = []
     batch = BatchSampler.batch
     monkeypatch.setattr(BatchSampler, "batch", lambda self, g: seen.append(batch(self, g)) or seen[-1])

@@ -49,7 +49,7 @@ def _same_cases(cached, loaded):
 def test_cached_arrays_equal_loading_into_memory(manifest, tmp_path, normalize):
     config = _config(manifest, normalize=normalize, spacing=[1.0, 1.5, 1.5])
     prep, cached, stats = _prepare(config, tmp_path)
-    _, prep_ref, train, val = _load_data(config, main=False)  # data.cache = "off": today's in-memory loading
+    _, prep_ref, _, train, val = _load_data(config, main=False)  # data.cache = "off": today's in-memory loading
     assert prep.to_dict() == prep_ref.to_dict()
     _same_cases(cached, train + val)
     assert stats.built == len(cached) and stats.reused == 0
@@ -87,17 +87,19 @@ def test_a_changed_plan_builds_a_new_folder(manifest, tmp_path, change):
         not np.array_equal(first[0].image, second[0].image)
 
 
-def test_dataset_statistics_are_fitted_once(manifest, tmp_path, monkeypatch):
-    config = _config(manifest, normalize="zscore")
-    prep, _, _ = _prepare(config, tmp_path)
-    assert len(list(tmp_path.glob("stats-*.json"))) == 1
+@pytest.mark.parametrize("spacing", ["auto", [1.0, 1.5, 1.5]])
+def test_a_second_run_reads_no_source_file(manifest, tmp_path, monkeypatch, spacing):
+    config = _config(manifest, normalize="zscore", spacing=spacing)
+    prep, first, _ = _prepare(config, tmp_path)
 
-    def refit(*args, **kwargs):
-        raise AssertionError("statistics fitted again")
+    def read(*args, **kwargs):
+        raise AssertionError("a source file was read again")
 
-    monkeypatch.setattr(cache_module.Preprocessing, "fit", refit)
-    again, _, stats = _prepare(config, tmp_path)
+    monkeypatch.setattr(cache_module, "load_cases", read)
+    monkeypatch.setattr("seg25d.pipeline.images.read_image", read)
+    again, cases, stats = _prepare(config, tmp_path)
     assert again.stats == prep.stats and stats.built == 0
+    assert [c.image_path for c in cases] == [c.image_path for c in first]
 
 
 def test_two_datasets_with_the_same_case_ids_do_not_collide(manifest, tmp_path):
@@ -137,7 +139,7 @@ def _source_touched(case):
 def test_a_corrupt_or_stale_entry_is_rebuilt_with_a_warning(manifest, tmp_path, caplog, damage):
     config = _config(manifest)
     _, cached, _ = _prepare(config, tmp_path)
-    _, _, train, val = _load_data(config, main=False)
+    _, _, _, train, val = _load_data(config, main=False)
     damage(cached[0])
     with caplog.at_level(logging.WARNING, logger="seg25d.pipeline.cache"):
         _, again, stats = _prepare(config, tmp_path)
@@ -169,8 +171,8 @@ def test_a_failed_write_leaves_no_partial_files(manifest, tmp_path, monkeypatch)
     indexed = [n for n in names if n.endswith(".json") and n != "plan.json"]
     assert len(indexed) == 1  # the first case is complete; the second has no index, so it does not exist
     _, cached, stats = _prepare(config, tmp_path)
-    assert stats.built == len(cached) - 1 and stats.reused == 1
-    _, _, train, val = _load_data(config, main=False)
+    assert stats.built == len(cached) and stats.reused == 0  # the failure hit the unnormalised stage's third array
+    _, _, _, train, val = _load_data(config, main=False)
     _same_cases(cached, train + val)
 
 

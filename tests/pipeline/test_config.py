@@ -191,12 +191,12 @@ def test_step_counts_must_be_positive_integers(override, message):
     ("train.lr=abc", "train.lr: expected a number, got 'abc'"),
     ("train.max_minutes='ten'", "train.max_minutes: expected a number, got 'ten'"),
     ("train.weight_decay=[0.1]", "train.weight_decay: expected a number, got [0.1]"),
-    ("data.spacing=1.5", "data.spacing: expected a list of numbers, got 1.5"),
-    ("data.spacing=[1, 'a', 1]", "data.spacing: expected a list of numbers, got [1, 'a', 1]"),
-    ("data.patch_size=[32.5, 32, 32]", "data.patch_size: expected a list of integers, got [32.5, 32, 32]"),
+    ("data.spacing=1.5", 'data.spacing: expected "auto" or a list of numbers, got 1.5'),
+    ("data.spacing=[1, 'a', 1]", 'data.spacing: expected "auto" or a list of numbers, got [1, \'a\', 1]'),
+    ("data.patch_size=[32.5, 32, 32]", 'data.patch_size: expected a list of integers or "auto", got [32.5, 32, 32]'),
     ("data.exclude=[7]", "data.exclude: expected a list of strings, got [7]"),
     ("augment.enabled=1", "augment.enabled: expected true or false, got 1"),
-    ("data.normalize=3", "data.normalize: expected a string, got 3"),
+    ("data.normalize=3", "data.normalize: expected a string or a list of strings, got 3"),
     ("data.resample_labels='yes'", "data.resample_labels: expected true or false, got 'yes'"),
 ])
 def test_every_value_must_have_its_defaults_type(override, message):
@@ -218,5 +218,5 @@ def test_presets_and_toml_files_are_type_checked(tmp_path):
         load_config(name)
     path = tmp_path / "c.toml"
     path.write_text("[data]\nspacing = \"2mm\"\n")
-    with pytest.raises(InputError, match="^data.spacing: expected a list of numbers, got '2mm'$"):
+    with pytest.raises(InputError, match='^data.spacing: expected "auto" or a list of numbers, got \'2mm\'$'):
         load_config(path)

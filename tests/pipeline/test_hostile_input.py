@@ -149,6 +149,7 @@ def test_predict_overwrite_never_replaces_an_input(tmp_path, capsys, caplog, che
     after = snapshot(tmp_path)
     assert all(after[p] == h for p, h in before.items())  # no input changed
     assert {p.name for p in set(after) - set(before)} == {"c1.nii.gz", "c2.nii.gz", "labels.json",
+                                                          "labels.ctbl", "labels_itksnap.txt",
                                                           "prediction.json", "failures.csv"}
 
 
@@ -266,7 +267,7 @@ def test_training_with_resample_labels_resamples_the_label_onto_the_image(tmp_pa
         loaded.extend(cases)
         return cases
 
-    monkeypatch.setattr("seg25d.pipeline.training.load_cases", spy)
+    monkeypatch.setattr(data_module, "load_cases", spy)
     before = snapshot(tmp_path)
     code, _, _ = run(capsys, caplog, "train", "--out", tmp_path / "run",
                      *sets(f"data.manifest={manifest}", "data.resample_labels=true", "data.cache=off", *TINY))
@@ -285,7 +286,7 @@ def test_training_with_resample_labels_resamples_the_label_onto_the_image(tmp_pa
 
 @pytest.mark.parametrize("override, message", [
     ("train.lr=abc", "train.lr: expected a number, got 'abc'"),
-    ("data.spacing=2", "data.spacing: expected a list of numbers, got 2"),
+    ("data.spacing=2", 'data.spacing: expected "auto" or a list of numbers, got 2'),
     ("train.max_minutes=soon", "train.max_minutes: expected a number, got 'soon'"),
     ("train.weight_decay=[1]", "train.weight_decay: expected a number, got [1]"),
 ])

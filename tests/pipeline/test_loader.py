@@ -34,7 +34,7 @@ def data(tmp_path_factory):
     frame = pd.read_csv(manifest)
     frame["split"] = "train"
     frame.to_csv(manifest, index=False)
-    _, _, in_memory, _ = _load_data(config, main=False)
+    _, _, _, in_memory, _ = _load_data(config, main=False)
     _, _, cached, _ = prepare_data(config, root / "cache", progress=False)
     return config, in_memory, cached
 

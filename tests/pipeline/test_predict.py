@@ -38,7 +38,7 @@ TINY_PROJECTION = ["model.options.directions=2", "model.options.train_directions
                    "model.options.filter_size=7"]
 TINY_UNET2D = ["model.name=unet2d", "model.options={depth=2, base_channels=4}"]
 RESAMPLING = ["data.spacing=[2.0, 1.5, 1.5]"]
-METADATA = {"labels.json", "prediction.json"}
+METADATA = {"labels.json", "labels.ctbl", "labels_itksnap.txt", "prediction.json"}
 
 
 # --- checkpoints ------------------------------------------------------------------------------------------------
@@ -384,7 +384,8 @@ def test_multilabel_bitmask_prediction_decodes_to_the_thresholded_probabilities(
     out = tmp_path / "out"
     assert _predict("--model", checkpoint, "--manifest", manifest, "--out", out, "--probabilities") == 0
     spec = LabelSpec(("a", "b"), (1, 2), "bitmask")
-    assert json.loads((out / "labels.json").read_text()) == spec.to_dict()
+    labels = json.loads((out / "labels.json").read_text())
+    assert LabelSpec.from_dict(labels) == spec and labels["labels"] == {"0": "background", "1": "a", "2": "b", "3": "a+b"}
     overlap = 0
     for row in read_manifest(manifest).itertuples():
         mask = out / f"{row.case_id}.nii.gz"

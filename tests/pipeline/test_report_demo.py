@@ -29,7 +29,9 @@ def demo(tmp_path_factory):
 
 def test_demo_runs_the_whole_pipeline(demo):
     out, summary = demo
-    assert json.loads((out / "demo.json").read_text()) == pytest.approx(summary, nan_ok=True)
+    written = json.loads((out / "demo.json").read_text())
+    assert {k: written[k] for k in summary} == pytest.approx(summary, nan_ok=True)
+    assert written["benchmark"] == "demo" and set(written["provenance"]) == {"command", "machine", "torch", "date"}
     assert 0.0 <= summary["test_dice"] <= 1.0 and 0.0 <= summary["threshold_test_dice"] <= 1.0
     assert summary["train_steps"] == 6
     manifest = out / "data" / "manifest.csv"

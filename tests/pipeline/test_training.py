@@ -25,7 +25,7 @@ from seg25d.pipeline.training import train
 
 TINY_P25 = "model.options={directions=2, train_directions=2, unet={depth=2, base_channels=4}, head_channels=4, " \
            "filter_size=7}"
-RUN_FILES = {"config.json", "run.json", "last.pt", "best.pt", "metrics.csv", "curves.png"}
+RUN_FILES = {"config.json", "plan.json", "run.json", "last.pt", "best.pt", "metrics.csv", "curves.png"}
 MODELS = {
     "projection25d": ["model.name=projection25d", TINY_P25],
     "projection25d-paper": ["model.name=projection25d", "model.options={preset='paper', directions=2, "
@@ -208,7 +208,10 @@ def test_checkpoint_contents(small_run):
     assert payload["step"] == 3 and payload["config"] == config
     assert payload["classes"] == ["vessel"] and payload["sigmoid"] is True
     assert payload["task"] == {"classes": ["vessel"], "values": [1], "encoding": "index"}
-    assert payload["preprocessing"]["normalize"] == "case_zscore" and payload["preprocessing"]["spacing"] is None
+    plan = payload["plan"]  # planned: MR-like unnamed channel -> case z-score, the training cases' median spacing
+    assert payload["preprocessing"]["normalize"] == plan["normalize"] == ["case_zscore"]
+    assert payload["preprocessing"]["spacing"] == plan["spacing"] == plan["fingerprint"]["median_spacing"]
+    assert json.loads((out / "plan.json").read_text()) == plan
     assert payload["model_config"]["name"] == "projection25d" and payload["model_config"]["out_channels"] == 1
     model = load_model(out / "last.pt")
     _assert_same_weights(model.state_dict(), payload["model_state"])
