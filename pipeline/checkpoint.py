@@ -131,15 +131,23 @@ def load_model(path: str | os.PathLike, payload: dict | None = None):
 
 
 def rng_state() -> dict:
-    """Python, numpy and torch RNG states as checkpoint-safe values."""
+    """Python, numpy and torch RNG states (with every GPU's where CUDA is initialised) as checkpoint-safe values."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"python": random.getstate(), "torch": torch.get_rng_state(),
-            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]}
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def set_rng_state(state: dict) -> None:
+    """Restore :func:`rng_state`; the GPU states only where the machine has as many GPUs (a run resumed on
+    another device keeps its fresh GPU states: the trainer reseeds every step anyway)."""
     random.setstate(_tuples(state["python"]))
     torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda")
+    if cuda and torch.cuda.is_available() and torch.cuda.device_count() == len(cuda):
+        torch.cuda.set_rng_state_all(cuda)
     kind, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
 

@@ -81,7 +81,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "schedule": "path1_then_path2",  # projection25d: path1 | path1_then_path2 | alternate
         "path2_fraction": 0.2,      # share of the steps (and of max_minutes) spent in path 2 at the end
         "alternate_every": 5,       # with schedule = "alternate": every n-th step is a path-2 step
-        "precision": "auto",        # auto | fp32 | bf16 of the training forward pass (auto: bf16 on CPUs built for it)
+        "device": "auto",           # auto | cpu | cuda | cuda:N (auto: the GPU when CUDA is available, else the CPU)
+        "precision": "auto",        # auto | fp32 | bf16 | fp16 of the forward pass (auto: bf16 on GPUs and CPUs built
+                                    # for it, fp16 with a gradient scaler on older GPUs, fp32 on other CPUs)
+        "deterministic": False,     # deterministic algorithms: bit-identical CUDA reruns, slower steps
         "threads": 0,               # torch threads (0: torch's default)
         "workers": "auto",          # batch-making processes (auto: min(4, cores per rank - 1); 0: in the trainer)
         "val_max_cases": 0,         # validate on at most this many cases (0: all)

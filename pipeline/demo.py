@@ -20,6 +20,7 @@ def run_demo(out_dir: str | os.PathLike = "seg25d_demo", minutes: float = 8.0, c
     """
     from seg25d.pipeline.baselines import best_global_threshold, threshold_dice
     from seg25d.pipeline.config import load_config
+    from seg25d.pipeline.device import resolve_device
     from seg25d.pipeline.evaluate import evaluate
     from seg25d.pipeline.predict import jobs_from_manifest, predict_batch
     from seg25d.pipeline.report import write_report
@@ -28,18 +29,20 @@ def run_demo(out_dir: str | os.PathLike = "seg25d_demo", minutes: float = 8.0, c
 
     out = Path(out_dir)
     manifest = out / "data" / "manifest.csv"
+    config = load_config("vessels", [f"data.manifest={json.dumps(str(manifest.resolve()))}",
+                                     f"train.max_minutes={minutes}", f"train.seed={seed}", *overrides])
+    resolve_device(config["train"]["device"])  # a device this machine lacks is refused before any work
     if not manifest.exists():
         print(f"[1/5] generating {cases} synthetic MRA-like volumes {tuple(shape)} -> {manifest.parent}")
         write_vessel_dataset(manifest.parent, n=cases, shape=tuple(shape), seed=seed)
-    config = load_config("vessels", [f"data.manifest={json.dumps(str(manifest.resolve()))}",
-                                     f"train.max_minutes={minutes}", f"train.seed={seed}", *overrides])
     run = out / "run"
     resume = (run / "last.pt").exists()
     print(f"[2/5] training projection25d for up to {minutes:g} minutes -> {run}" + (" (resuming)" if resume else ""))
     result = train(config, run, resume=resume)
     checkpoint = result.best_checkpoint or result.last_checkpoint
     print(f"[3/5] predicting the test split with {checkpoint.name}")
-    report = predict_batch(checkpoint, jobs_from_manifest(manifest, "test"), out / "predictions", overwrite=True)
+    report = predict_batch(checkpoint, jobs_from_manifest(manifest, "test"), out / "predictions", overwrite=True,
+                           device=config["train"]["device"])
     print("[4/5] evaluating")
     metrics = evaluate(out / "predictions", manifest, out / "evaluation", split="test")
     threshold, train_dice = best_global_threshold(manifest)

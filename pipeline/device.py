@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Mapping
 
@@ -27,7 +28,7 @@ from seg25d.pipeline.errors import InputError
 
 __all__ = ["DEVICES", "PRECISIONS", "resolve_device", "resolve_precision", "autocast", "grad_scaler", "to_device",
            "peak_memory_reset", "peak_memory", "synchronize", "distributed_backend", "local_device_for_rank",
-           "describe_device", "set_deterministic"]
+           "describe_device", "set_deterministic", "module_device"]
 
 DEVICES = ("auto", "cpu", "cuda", "cuda:N")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -134,6 +135,12 @@ def to_device(batch, device: str | torch.device):
         items = [to_device(v, device) for v in batch]
         return type(batch)(*items) if hasattr(batch, "_fields") else type(batch)(items)
     return batch
+
+
+def module_device(module: torch.nn.Module) -> torch.device:
+    """The device of a module's parameters (or buffers); the CPU for a module that holds neither."""
+    tensor = next(itertools.chain(module.parameters(), module.buffers()), None)
+    return torch.device("cpu") if tensor is None else tensor.device
 
 
 def peak_memory_reset(device: str | torch.device) -> None:

@@ -25,12 +25,13 @@ class Ensemble:
     by majority over the checkpoints) or None.
     """
 
-    def __init__(self, checkpoints: Sequence[str | os.PathLike], largest_component: Sequence[str] | None = None):
+    def __init__(self, checkpoints: Sequence[str | os.PathLike], largest_component: Sequence[str] | None = None,
+                 device: str = "auto", precision: str | None = None):
         from seg25d.pipeline.predict import Predictor
 
         checkpoints = [checkpoints] if isinstance(checkpoints, (str, os.PathLike)) else list(checkpoints)
         self.checkpoints = checkpoints
-        self.members = [Predictor(c) for c in checkpoints]
+        self.members = [Predictor(c, device, precision) for c in checkpoints]  # all on the one device
         first = self.members[0]
         for path, member in zip(checkpoints[1:], self.members[1:]):
             if member.spec != first.spec or member.sigmoid != first.sigmoid:
@@ -40,6 +41,7 @@ class Ensemble:
                 raise InputError(path, f"takes {member.in_channels} image channel(s), {checkpoints[0]} takes "
                                        f"{first.in_channels}")
         self.spec, self.sigmoid, self.in_channels = first.spec, first.sigmoid, first.in_channels
+        self.device, self.precision = first.device, first.precision
         self.keep = self._largest_component_classes(largest_component or [])
 
     def _largest_component_classes(self, names: Sequence[str]) -> list[int]:

@@ -48,15 +48,15 @@ def decide_largest_component(predictions: Sequence[np.ndarray], truths: Sequence
             "val_dice_largest_component": {c: float(b) for c, b in zip(classes, kept)}}
 
 
-def record_postprocessing(run_dir: str | os.PathLike, cases, task) -> dict:
+def record_postprocessing(run_dir: str | os.PathLike, cases, task, device="cpu") -> dict:
     """Decide ``auto`` largest-component post-processing with the run's best checkpoint on ``cases`` (preprocessed,
-    with masks) and store it in ``best.pt`` and ``last.pt``."""
+    with masks), predicting on ``device``, and store it in ``best.pt`` and ``last.pt``."""
     from seg25d.pipeline.checkpoint import load_model
     from seg25d.pipeline.volume_inference import predict_probabilities, probabilities_to_masks
 
     run_dir = Path(run_dir)
     best = run_dir / "best.pt" if (run_dir / "best.pt").exists() else run_dir / "last.pt"
-    model = load_model(best)
+    model = load_model(best).to(device)
     predictions = [probabilities_to_masks(predict_probabilities(model, c.image, task.sigmoid), task.sigmoid)
                    for c in cases]
     decision = decide_largest_component(predictions, [c.masks for c in cases], task.classes)

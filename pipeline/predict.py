@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from seg25d.pipeline.atomic import full_suffix, remove_stale_temporaries, write_csv, write_json
 from seg25d.pipeline.checkpoint import load_checkpoint, load_model
+from seg25d.pipeline.device import describe_device, distributed_backend, resolve_device, resolve_precision
 from seg25d.pipeline.provenance import command_line
 from seg25d.pipeline.ensemble import Ensemble
 from seg25d.pipeline.errors import InputError
@@ -58,11 +59,15 @@ class PredictionJob:
 
 
 class Predictor:
-    """A trained model with the preprocessing it was trained with; ``predict(volume)`` -> label volume."""
+    """A trained model with the preprocessing it was trained with, on ``device`` (``auto``: the GPU when CUDA is
+    available) in ``precision`` (``None``: fp32 on the CPU, auto on CUDA); ``predict(volume)`` -> label volume."""
 
-    def __init__(self, checkpoint: str | os.PathLike):
+    def __init__(self, checkpoint: str | os.PathLike, device: str = "auto", precision: str | None = None):
         payload = load_checkpoint(checkpoint)
-        self.model = load_model(checkpoint, payload)
+        self.device = resolve_device(device)
+        self.precision = resolve_precision(precision or ("auto" if self.device.type == "cuda" else "fp32"),
+                                           self.device)
+        self.model = load_model(checkpoint, payload).to(self.device)
         self.spec = LabelSpec.from_dict(payload["task"])
         for name in self.spec.classes:  # they name the probability maps
             safe_name(name, checkpoint, "class name")
@@ -74,7 +79,7 @@ class Predictor:
     def probabilities(self, volume, tta: bool = False):
         """Per-class probabilities ``(K, D, H, W)`` on the volume's own grid."""
         image = self.preprocessing.image(volume.array, volume.meta.spacing)
-        probs = predict_probabilities(self.model, image, self.sigmoid, tta=tta)
+        probs = predict_probabilities(self.model, image, self.sigmoid, tta=tta, precision=self.precision)
         return self.preprocessing.restore(probs, volume.meta.shape)
 
     def label(self, probabilities, threshold: float = 0.5):
@@ -95,29 +100,35 @@ def jobs_from_manifest(manifest, split: str | None = None) -> list[PredictionJob
     return jobs
 
 
-def _shard(jobs: list[PredictionJob]) -> tuple[list[PredictionJob], int, int]:
+def _shard(jobs: list[PredictionJob], device: torch.device) -> tuple[list[PredictionJob], int, int]:
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
-    if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("gloo")
+    if world > 1 and not torch.distributed.is_initialized():  # NCCL between GPUs, gloo between CPU processes
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        torch.distributed.init_process_group(distributed_backend(device))
     return jobs[rank::world], rank, world
 
 
 def predict_batch(checkpoint, jobs: list[PredictionJob], out_dir, probabilities: bool = False, tta: bool = False,
-                  overwrite: bool = False, progress: bool = True, largest_component=None) -> dict:
-    """Predict every job; returns counts and the failures (also written to ``out_dir/failures.csv``).
+                  overwrite: bool = False, progress: bool = True, largest_component=None, device: str = "auto",
+                  precision: str | None = None) -> dict:
+    """Predict every job on ``device`` in ``precision`` (see :class:`Predictor`); returns counts and the failures
+    (also written to ``out_dir/failures.csv``).
 
     ``checkpoint``: one checkpoint or several (their probabilities are averaged); ``largest_component``: see
     :class:`~seg25d.pipeline.ensemble.Ensemble`."""
     out_dir = check_out_dir(out_dir)
-    predictor = Ensemble(checkpoint, largest_component)  # a refused checkpoint leaves no output folder behind
+    predictor = Ensemble(checkpoint, largest_component, device, precision)  # a refused checkpoint: no folder left
     make_out_dir(out_dir)
     inputs = {Path(path).resolve() for job in jobs for path in job.paths}
-    mine, rank, world = _shard(jobs)
+    mine, rank, world = _shard(jobs, predictor.device)
     if rank == 0:
         write_label_tables(out_dir, predictor.spec)
         write_json(out_dir / "prediction.json", {"checkpoint": str(Path(predictor.checkpoints[0]).resolve()),
                                                  "checkpoints": [str(Path(c).resolve()) for c in predictor.checkpoints],
                                                  "largest_component": predictor.largest_component, "tta": tta,
+                                                 "device": describe_device(predictor.device),
+                                                 "precision": predictor.precision,
                                                  "command": command_line()})
     failures, done, skipped = [], 0, 0
     start = time.perf_counter()

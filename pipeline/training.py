@@ -4,20 +4,25 @@ survive.
 ``train(config, out_dir)`` writes into ``out_dir``: ``config.json`` (resolved), ``last.pt`` (every
 ``train.checkpoint_every`` steps and at the end), ``best.pt`` (best mean validation Dice, or lowest training
 loss without validation cases), ``metrics.csv`` (one row per step: path, losses, learning rate, the step's
-seconds, total time; validation Dice per class on validation steps), ``curves.png`` and ``run.json`` (the
-command lines: the first and every resume). ``train(..., resume=True)`` continues from ``last.pt``. How a model
-is fed, and whether it has the two paths, is its :class:`~seg25d.models.feeding.Feeding`.
+seconds, total time; peak GPU memory on CUDA; validation Dice per class on validation steps), ``curves.png``
+and ``run.json`` (the command lines: the first and every resume, the device and precision).
+``train(..., resume=True)`` continues from ``last.pt``. How a model is fed, and whether it has the two paths,
+is its :class:`~seg25d.models.feeding.Feeding`.
 
 Reproducibility: each step's batch, augmentation and random views come from generators seeded by
 ``(seed, step, rank)``, and the optimiser and scheduler states are checkpointed, so a run killed at any point
 and resumed ends with the weights of an uninterrupted run (CPU, same thread count). A ``max_minutes``
 limit stops early and is not reproducible by nature; ``max_steps`` is.
 
-Precision: ``train.precision`` runs the forward pass under bf16 autocast (``"auto"``: on CPUs that compute
-bf16 natively; weights, optimiser and losses stay fp32); validation runs in fp32.
+Device and precision: ``train.device`` (``auto``: the GPU when CUDA is available, else the CPU) holds the model,
+the operators and every batch; ``train.precision`` runs the forward pass under autocast as
+:func:`~seg25d.pipeline.device.resolve_precision` decides (bf16 on GPUs that support it, else fp16 with a
+gradient scaler; bf16 on CPUs that compute it natively); weights, optimiser and losses stay fp32; validation
+runs in fp32. ``train.deterministic`` turns on deterministic algorithms (bit-identical CUDA reruns, slower).
 
 Data parallel: under ``torchrun --nproc_per_node=N`` each rank draws its own batch (rank in the seed),
-gradients are averaged with DistributedDataParallel (gloo: training runs on the CPU), and only rank 0 writes.
+gradients are averaged with DistributedDataParallel (NCCL between GPUs, each rank on ``cuda:LOCAL_RANK``;
+gloo between CPU processes), and only rank 0 writes.
 
 Callbacks (:class:`TrainerCallback`) see every step and validation; the benchmarks install theirs (turns on
 a shared machine, each step's peak memory) this way, and plain training runs none.
@@ -43,6 +48,10 @@ from seg25d.pipeline.atomic import write_csv, write_json
 from seg25d.pipeline.cache import resolve_cache_dir
 from seg25d.pipeline.callbacks import TrainerCallback
 from seg25d.pipeline.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from seg25d.pipeline.device import (
+    autocast, describe_device, distributed_backend, grad_scaler, local_device_for_rank, peak_memory,
+    peak_memory_reset, resolve_device, resolve_precision, set_deterministic, synchronize, to_device,
+)
 from seg25d.pipeline.data import BatchSampler, split_manifest, step_generator, task_for
 from seg25d.pipeline.errors import InputError
 from seg25d.pipeline.loader import BatchLoader, resolve_workers
@@ -57,18 +66,6 @@ __all__ = ["train", "TrainResult", "TrainerCallback", "SCHEDULES"]
 
 log = logging.getLogger(__name__)
 SCHEDULES = ("path1", "path1_then_path2", "alternate")
-PRECISIONS = ("auto", "fp32", "bf16")
-
-
-def resolve_precision(precision: str) -> str:
-    """``"fp32"`` or ``"bf16"`` for ``train.precision``: ``"auto"`` is bf16 on CPUs that compute it natively
-    (faster steps) and fp32 elsewhere, where bf16 is emulated."""
-    if precision not in PRECISIONS:
-        raise InputError("train.precision", f"must be one of {PRECISIONS}, got {precision!r}")
-    if precision != "auto":
-        return precision
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private torch.cpu helpers: may go away
-    return "bf16" if any(getattr(torch.cpu, name, lambda: False)() for name in checks) else "fp32"
 
 
 @dataclasses.dataclass
@@ -86,12 +83,21 @@ class TrainResult:
 
 
 class _Distributed:
-    def __init__(self):
+    """The torchrun processes of a run on ``device``: one GPU each (NCCL), or CPU processes (gloo)."""
+
+    def __init__(self, device: torch.device):
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.enabled = self.world > 1
+        self.device = device
+        if self.enabled and device.type == "cuda":
+            own = local_device_for_rank()
+            if device != own:
+                raise InputError("train.device", f"under torchrun each process trains on its own GPU ({own} here), "
+                                                 f"not {device}; use auto or cuda")
+            torch.cuda.set_device(device)
         if self.enabled and not torch.distributed.is_initialized():
-            torch.distributed.init_process_group("gloo")  # training runs on the CPU
+            torch.distributed.init_process_group(distributed_backend(device))
 
     @property
     def main(self) -> bool:
@@ -105,7 +111,7 @@ class _Distributed:
         """True on every rank when it is true on any rank."""
         if not self.enabled:
             return flag
-        t = torch.tensor([1.0 if flag else 0.0])
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device)  # NCCL reduces CUDA tensors only
         torch.distributed.all_reduce(t)
         return bool(t.item() > 0)
 
@@ -147,8 +153,9 @@ class _Trainer:
     def __init__(self, config: dict, out_dir: Path, resume: bool, callbacks=()):
         self.config, self.out_dir = config, Path(out_dir)
         self.callbacks = list(callbacks)
-        self.dist = _Distributed()
         tc = config["train"]
+        self.device = resolve_device(tc["device"])
+        self.dist = _Distributed(self.device)
         threads = int(tc["threads"]) or (max(1, (os.cpu_count() or 1) // self.dist.world) if self.dist.enabled else 0)
         if threads:
             torch.set_num_threads(threads)
@@ -157,7 +164,10 @@ class _Trainer:
         np.random.seed(self.seed % 2**32)
         if tc["schedule"] not in SCHEDULES:
             raise InputError("train.schedule", f"must be one of {SCHEDULES}, got {tc['schedule']!r}")
-        self.precision = resolve_precision(tc["precision"])
+        self.precision = resolve_precision(tc["precision"], self.device)
+        set_deterministic(bool(tc["deterministic"]))
+        if self.dist.main:
+            print(f"device: {describe_device(self.device)}, precision {self.precision}", flush=True)
         self.task, self.prep, self.plan, self.train_cases, self.val_cases = _load_data(config, self.dist.main)
         if tc["val_max_cases"]:
             self.val_cases = self.val_cases[: int(tc["val_max_cases"])]
@@ -174,6 +184,7 @@ class _Trainer:
             self.model = build(mc["name"], in_channels, self.task.out_channels, **options)
         except ValueError as err:
             raise InputError("model", str(err)) from None
+        self.model.to(self.device)  # before the optimiser and the resume: their states follow the parameters
         self.feeding = feeding_of(self.model)
         if self.feeding.padding == "valid":
             raise InputError("model.options.padding", "valid convolutions give outputs smaller than the labels; "
@@ -192,13 +203,16 @@ class _Trainer:
                                            weight_decay=float(tc["weight_decay"]))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: _lr_factor(tc["scheduler"], int(tc["warmup_steps"]), step, self.progress()))
+        self.scaler = grad_scaler(self.device, self.precision)
         self.rows: list[dict] = []
         self.feature_cache: dict[str, tuple] = {}
         if resume:
             self._resume()
         elif self.dist.main and (self.out_dir / "last.pt").exists():
             raise InputError(self.out_dir, "holds a run already (last.pt); use --resume to continue or another --out")
-        self.ddp = (torch.nn.parallel.DistributedDataParallel(self.model) if self.dist.enabled else None)
+        self.ddp = (torch.nn.parallel.DistributedDataParallel(
+            self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            if self.dist.enabled else None)
 
     # --- state ----------------------------------------------------------------------------------------------
     def _payload(self) -> dict:
@@ -209,6 +223,7 @@ class _Trainer:
             "path2_started": self.path2_started, "config": self.config, "task": self.task.spec.to_dict(),
             "classes": list(self.task.classes), "sigmoid": self.task.sigmoid,
             "preprocessing": self.prep.to_dict(), "plan": self.plan.to_dict(), "rng": rng_state(),
+            "scaler_state": self.scaler.state_dict(),
         }
 
     def _resume(self):
@@ -227,6 +242,8 @@ class _Trainer:
         self.model.load_state_dict(state["model_state"])
         self.optimizer.load_state_dict(state["optimizer_state"])
         self.scheduler.load_state_dict(state["scheduler_state"])
+        if state.get("scaler_state"):
+            self.scaler.load_state_dict(state["scaler_state"])
         self.step, self.best = int(state["step"]), float(state["best_score"])
         self.elapsed = float(state["elapsed_seconds"])
         self.path2_started = bool(state["path2_started"])
@@ -288,23 +305,24 @@ class _Trainer:
     def _path2_features(self, index: int):
         case = self.train_cases[index]
         if case.case_id not in self.feature_cache:
-            x = torch.from_numpy(case.image)[None]
+            x = to_device(torch.from_numpy(case.image)[None], self.device)
             with torch.no_grad():
                 self.feature_cache[case.case_id] = self.model.encode(x, self.model.inference_views())
         return self.feature_cache[case.case_id]
 
     def _train_step(self, path: int) -> dict:
         generator = step_generator(self.seed, self.step, self.dist.rank)
-        torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
+        torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator, device="cpu")))  # host-side draws
         self.model.train()
         row = {"step": self.step, "path": path}
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+        with autocast(self.device, self.precision):
             loss, main, aux = self._forward(path, generator)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        self.scaler.scale(loss).backward()
         if path == 2 and self.dist.enabled:
             self.dist.average_gradients(self.model.parameters())
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         row.update(loss=loss.item(), loss_main=main.item(), loss_aux=aux.item() if aux is not None else np.nan,
                    lr=self.optimizer.param_groups[0]["lr"], data_seconds=round(self.batches.data_seconds, 4)
                    if path != 2 else 0.0)
@@ -316,18 +334,18 @@ class _Trainer:
         if path == 2:
             if not self.model.unet_frozen:
                 self.model.freeze_unet(True)
-            index = int(torch.randint(len(self.train_cases), (1,), generator=generator))
+            index = int(torch.randint(len(self.train_cases), (1,), generator=generator, device="cpu"))
             case = self.train_cases[index]
             encoded = self._path2_features(index)
-            x = torch.from_numpy(case.image)[None]
+            x = to_device(torch.from_numpy(case.image)[None], self.device)
             logits = self.model.decode(x, encoded)
-            loss = main = self._loss(logits, torch.from_numpy(case.masks)[None].float())
+            loss = main = self._loss(logits, to_device(torch.from_numpy(case.masks)[None].float(), self.device))
             aux = None
         else:
             if self.two_paths and self.model.unet_frozen:
                 self.model.freeze_unet(False)
                 self.feature_cache.clear()  # the U-Net trains again: cached path-2 features go stale
-            x, y = self.batches.batch(self.step)  # self.sampler.batch(generator), made ahead by the loader
+            x, y = to_device(self.batches.batch(self.step), self.device)  # made ahead by the loader
             net = self.ddp or self.model
             aux = None
             if self.two_paths and self.model.aux_loss:
@@ -373,6 +391,7 @@ class _Trainer:
             write_json(self.out_dir / "plan.json", self.plan.to_dict())
             write_json(self.out_dir / "run.json", {"commands": run_commands(self.out_dir / "run.json", self.step > 0),
                                                    "resumed_at_step": self.step,
+                                                   "device": describe_device(self.device),
                                                    "precision": self.precision,
                                                    "world_size": self.dist.world})
         stopped_by_time = False
@@ -387,13 +406,17 @@ class _Trainer:
                 break
             for callback in self.callbacks:
                 callback.before_step(self)
+            peak_memory_reset(self.device)
             start = time.perf_counter()
             path = self._path()
             row = self._train_step(path)
+            synchronize(self.device)  # CUDA kernels run asynchronously: the step ends when they do
             self.step += 1
             step_seconds = time.perf_counter() - start
             self.elapsed += step_seconds
             row.update(step_seconds=round(step_seconds, 4), seconds=round(self.elapsed, 3))
+            if self.device.type == "cuda":
+                row["peak_gpu_mb"] = round(peak_memory(self.device), 1)
             for callback in self.callbacks:
                 callback.after_step(self, row)
             out_of_time = self.dist.any(bool(limit) and self.elapsed >= limit)
@@ -421,7 +444,7 @@ class _Trainer:
         bar.close()
         self.batches.close()
         if self.dist.main and self.val_cases:  # --largest-component auto: where it raises validation Dice
-            record_postprocessing(self.out_dir, self.val_cases, self.task)
+            record_postprocessing(self.out_dir, self.val_cases, self.task, self.device)
         best = self.out_dir / "best.pt"
         return TrainResult(self.out_dir, self.step, self.best if self.val_cases else None, self.out_dir / "last.pt",
                            best if best.exists() else None, stopped_by_time)

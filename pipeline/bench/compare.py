@@ -57,19 +57,21 @@ def _train_command(model: str, options: dict | None, manifest: Path, run_dir: Pa
     return cmd
 
 
-def _predict(checkpoint: Path, manifest: Path, out_dir: Path) -> float:
-    """Predict the test split; returns the median seconds of the model's work per volume."""
+def _predict(checkpoint: Path, manifest: Path, out_dir: Path, device: str) -> float:
+    """Predict the test split on ``device``; returns the median seconds of the model's work per volume."""
     import statistics
 
+    from seg25d.pipeline.device import synchronize
     from seg25d.pipeline.io import read_volume, write_mask
     from seg25d.pipeline.predict import Predictor, jobs_from_manifest
 
-    predictor = Predictor(checkpoint)
+    predictor = Predictor(checkpoint, device)
     seconds = []
     for job in jobs_from_manifest(manifest, "test"):
         volume = read_volume(job.image)
         start = time.perf_counter()
         probs = predictor.probabilities(volume)
+        synchronize(predictor.device)
         seconds.append(time.perf_counter() - start)
         write_mask(out_dir / job.name, predictor.label(probs), volume.meta)
     return statistics.median(seconds)
@@ -137,10 +139,11 @@ def run_entries(entries, manifest, budget_minutes: float, out_dir, seed: int, co
         print(f"[{name}] {label}: testing", flush=True)
         metrics = pd.read_csv(run_dir / "metrics.csv")
         checkpoint = run_dir / "best.pt" if (run_dir / "best.pt").exists() else run_dir / "last.pt"
-        infer = _predict(checkpoint, manifest, base / "predictions")
+        device = json.loads((run_dir / "config.json").read_text())["train"]["device"]  # as it trained
+        infer = _predict(checkpoint, manifest, base / "predictions", device)
         scores = evaluate(base / "predictions", manifest, base / "evaluation", split="test")
         steps = metrics[metrics.path != 2] if "path" in metrics else metrics
-        memory = _step_memory(checkpoint, manifest)
+        memory = _step_memory(checkpoint, manifest, device)
         precision = json.loads((run_dir / "run.json").read_text()).get("precision", "fp32")
         row = {"model": label, "precision": precision, "steps": len(metrics),
                "train_wall_seconds": round(outcome.seconds, 1), "turns": outcome.turns,
@@ -168,7 +171,7 @@ def _slug(label: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in label).strip("_").lower()
 
 
-def _step_memory(checkpoint: Path, manifest: Path) -> dict:
+def _step_memory(checkpoint: Path, manifest: Path, device: str) -> dict:
     """Peak extra memory of one training step and one inference of the trained model's architecture on a
     volume of the test cases' working shape, in a fresh memory-measuring process."""
     from seg25d.pipeline.bench.step import measure_in_fresh_processes
@@ -185,7 +188,7 @@ def _step_memory(checkpoint: Path, manifest: Path) -> dict:
                                       channels=(model["in_channels"], model["out_channels"]),
                                       batch=int(train["slices_per_step"]),
                                       patch=payload["config"]["data"].get("patch_size") or None,
-                                      precision=train.get("precision", "fp32"))
+                                      precision=train.get("precision", "fp32"), device=device)
 
 
 def _parameters(checkpoint: Path) -> int:

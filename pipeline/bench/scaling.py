@@ -2,7 +2,9 @@
 
 Each (model, size) runs :mod:`seg25d.pipeline.bench.step` in fresh processes (memory in one started with
 ``MEASURE_ENV``, time in a plain one), watched: when a process's resident memory passes the limit it is
-stopped and the row says so ("exceeds the memory limit") instead of failing.
+stopped and the row says so ("exceeds the memory limit") instead of failing. On a GPU (``device="cuda"``)
+memory is peak GPU memory, and a size whose step runs out of it is recorded with status "oom": the largest
+size with status "ok" is the largest cube the model trains as a whole volume.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from seg25d.pipeline.atomic import atomic_path, write_csv, write_json
+from seg25d.pipeline.bench.step import OOM_EXIT
 from seg25d.pipeline.memory import MEASURE_ENV
 from seg25d.pipeline.provenance import provenance
 
@@ -64,6 +67,8 @@ def _watch(cmd: list[str], env: dict, limit_mb: float, timeout: float) -> tuple[
             time.sleep(0.05)
         out.seek(0), err.seek(0)
         stdout, stderr = out.read(), err.read()
+    if proc.returncode == OOM_EXIT:
+        return None, "oom"
     if proc.returncode != 0:
         last = (stderr.strip().splitlines() or ["?"])[-1]
         return None, "out of memory" if "memory" in last.lower() else f"failed: {last}"
@@ -71,10 +76,10 @@ def _watch(cmd: list[str], env: dict, limit_mb: float, timeout: float) -> tuple[
 
 
 def _run(model: str, size: int, options: dict, limit_mb: float, timeout: float, repeats: int,
-         precision: str) -> dict:
+         precision: str, device: str = "cpu") -> dict:
     """Memory from a process with :data:`MEASURE_ENV` (stopped at the limit), then time from a plain one."""
     base = [sys.executable, "-m", "seg25d.pipeline.bench.step", "--model", model, "--shape", str(size),
-            "--options", json.dumps(options), "--precision", precision]
+            "--options", json.dumps(options), "--precision", precision, "--device", device]
     sized, status = _watch(base + ["--repeats", "1"], MEASURE_ENV, limit_mb, timeout)
     if sized is None:
         return {"model": model, "size": size, "status": status}
@@ -86,9 +91,10 @@ def _run(model: str, size: int, options: dict, limit_mb: float, timeout: float, 
 
 
 def bench_scaling(sizes=(64, 96, 128, 192, 256), out_dir="bench_scaling", models=None, memory_limit_gb=None,
-                  timeout: float = 1800, repeats: int = 5, precision: str = "fp32") -> pd.DataFrame:
+                  timeout: float = 1800, repeats: int = 5, precision: str = "fp32",
+                  device: str = "cpu") -> pd.DataFrame:
     """Measure every model at every size; writes scaling.csv, scaling.json and scaling.png in ``out_dir``.
-    ``precision``: that of the training steps, as ``train.precision``."""
+    ``precision``: that of the training steps, as ``train.precision``; ``device``: as ``train.device``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     limit_gb = memory_limit_gb or min(16.0, 0.75 * physical_memory_gb())
@@ -96,14 +102,15 @@ def bench_scaling(sizes=(64, 96, 128, 192, 256), out_dir="bench_scaling", models
     for model in models or SCALING_MODELS:
         for size in sizes:
             print(f"[scaling] {model} at {size}^3", flush=True)
-            row = _run(model, size, SCALING_MODELS.get(model, {}), limit_gb * 1024, timeout, repeats, precision)
+            row = _run(model, size, SCALING_MODELS.get(model, {}), limit_gb * 1024, timeout, repeats, precision,
+                       device)
             print(f"[scaling]   {row.get('status')}: step {row.get('step_seconds', float('nan')):.3f} s, "
                   f"{row.get('step_peak_extra_mb', float('nan')):.0f} MiB", flush=True)
             rows.append(row)
             frame = pd.DataFrame(rows)
             write_csv(out_dir / "scaling.csv", frame)
             write_json(out_dir / "scaling.json", {"benchmark": "scaling", "provenance": provenance(),
-                                                  "memory_limit_gb": limit_gb, "rows": rows})
+                                                  "memory_limit_gb": limit_gb, "device": device, "rows": rows})
     frame = pd.DataFrame(rows)
     scaling_figure(frame, out_dir / "scaling.png")
     return frame

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from seg25d.pipeline.commands import add_device_arguments, device_overrides
 from seg25d.pipeline.turns import TURN_SECONDS
 
 
@@ -26,6 +27,7 @@ def register(subparsers) -> None:
     models.add_argument("--shape", type=int, nargs=3, default=[64, 96, 96], metavar=("D", "H", "W"))
     models.add_argument("--models", nargs="+", help="default: all registered")
     models.add_argument("--out", type=Path, help="CSV file for the results")
+    add_device_arguments(models)
     models.set_defaults(func=_models)
 
     compare = sub.add_parser("compare", help="train every model under the same time budget, then test")
@@ -40,6 +42,7 @@ def register(subparsers) -> None:
     compare.add_argument("--turn-seconds", type=float, default=TURN_SECONDS, metavar="S",
                          help="the models train in turns of S seconds of steps each, so all meet the machine's slow "
                               "and fast minutes alike; 0: one after another (default %(default)g)")
+    add_device_arguments(compare, precision_default="train.precision")
     compare.set_defaults(func=_compare)
 
     ablation = sub.add_parser("ablation", help="the steps from the paper's model to the default, each trained")
@@ -68,8 +71,9 @@ def register(subparsers) -> None:
     scaling.add_argument("--memory-limit-gb", type=float, help="stop a run above this resident memory "
                                                                 "(default: min(16, 75%% of RAM))")
     scaling.add_argument("--repeats", type=int, default=5, help="timed repeats per size; the median is reported")
-    scaling.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="fp32",
+    scaling.add_argument("--precision", choices=("fp32", "bf16", "fp16", "auto"), default="fp32",
                          help="of the training steps, as train.precision (default fp32)")
+    add_device_arguments(scaling)
     scaling.set_defaults(func=_scaling)
 
     memory = sub.add_parser("memory", help="training memory and step time: preprocessed cache against in memory")
@@ -82,6 +86,7 @@ def register(subparsers) -> None:
     memory.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="extra config override for every run")
     memory.add_argument("--out", type=Path, required=True, help="folder for data, cache, runs, memory.csv/json")
+    add_device_arguments(memory, precision_default="train.precision")
     memory.set_defaults(func=_memory)
 
     report = sub.add_parser("report", help="docs/benchmarks.md from the results files: one section per benchmark",
@@ -122,7 +127,7 @@ def _models(args) -> int:
 
     from seg25d.pipeline.bench.models import bench_models
 
-    rows = bench_models(tuple(args.shape), models=args.models)
+    rows = bench_models(tuple(args.shape), models=args.models, device=args.device or "auto")
     frame = pd.DataFrame(rows)
     print(frame.to_string(index=False))
     if args.out:
@@ -134,7 +139,7 @@ def _compare(args) -> int:
     from seg25d.pipeline.bench.compare import DEFAULT_MODELS, bench_compare
 
     bench_compare(args.manifest, args.budget_minutes, args.out, args.models or DEFAULT_MODELS, args.seed,
-                  args.config, tuple(args.overrides), turn_seconds=args.turn_seconds)
+                  args.config, (*args.overrides, *device_overrides(args)), turn_seconds=args.turn_seconds)
     print((args.out / "compare.md").read_text(encoding="utf-8"))
     return 0
 
@@ -165,10 +170,12 @@ def _scaling(args) -> int:
     from seg25d.pipeline.bench.scaling import bench_scaling
 
     frame = bench_scaling(args.sizes, args.out, args.models, args.memory_limit_gb, repeats=args.repeats,
-                          precision=args.precision)
+                          precision=args.precision, device=args.device or "auto")
     cols = [c for c in ("model", "size", "status", "step_seconds", "step_peak_extra_mb", "infer_seconds",
                         "infer_peak_extra_mb") if c in frame]
     print(frame[cols].to_string(index=False))
+    for model, group in frame[frame.status == "ok"].groupby("model"):
+        print(f"{model}: largest cube trained as a whole volume {group['size'].max()}^3")
     print(f"figure: {args.out / 'scaling.png'}")
     return 0
 
@@ -177,7 +184,7 @@ def _memory(args) -> int:
     from seg25d.pipeline.bench.memory import bench_memory, format_memory
 
     print(format_memory(bench_memory(args.out, args.n, args.shape, args.steps, args.models, args.workers,
-                                     overrides=tuple(args.overrides))))
+                                     overrides=(*args.overrides, *device_overrides(args)))))
     return 0
 
 

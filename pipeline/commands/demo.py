@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from seg25d.pipeline.commands import add_device_arguments, device_overrides
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("demo", help="synthetic vessels -> train projection25d -> predict -> evaluate -> "
@@ -16,6 +18,7 @@ def register(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the data and the training (default 0)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a training config key (see seg25d train)")
+    add_device_arguments(parser, precision_default="train.precision")
     parser.set_defaults(func=_demo)
 
 
@@ -24,5 +27,5 @@ def _demo(args) -> int:
     from seg25d.pipeline.demo import run_demo
 
     keep_freed_memory()
-    run_demo(args.out, args.minutes, args.cases, seed=args.seed, overrides=args.overrides)
+    run_demo(args.out, args.minutes, args.cases, seed=args.seed, overrides=[*args.overrides, *device_overrides(args)])
     return 0

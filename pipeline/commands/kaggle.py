@@ -10,6 +10,8 @@ import argparse
 import math
 from pathlib import Path
 
+from seg25d.pipeline.commands import add_device_arguments, device_overrides
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -112,6 +114,7 @@ def _add_train(sub) -> None:
                    help="file of case-day ids (case7_day0) or case ids (case7) to leave out, one per line, # comments")
     p.add_argument("--seed", type=int, default=0, help="train.seed; also shuffles the fold assignment (default: 0)")
     p.add_argument("--resume", action="store_true", help="continue each fold from its last.pt")
+    add_device_arguments(p, precision_default="train.precision")
     p.set_defaults(func=_run_train)
 
 
@@ -120,7 +123,8 @@ def _run_train(args: argparse.Namespace) -> int:
     from seg25d.pipeline.kaggle.workflow import train_folds
 
     keep_freed_memory()
-    results = train_folds(args.root, args.out, config=args.config, overrides=args.overrides, folds=args.folds,
+    overrides = [*args.overrides, *device_overrides(args)]
+    results = train_folds(args.root, args.out, config=args.config, overrides=overrides, folds=args.folds,
                           fold=args.fold, exclude_file=args.exclude, seed=args.seed, resume=args.resume)
     scored = [r for r in results if r.score is not None]
     print(f"trained {len(results)} run(s) in {args.out}; {len(scored)} with a fold score"
@@ -147,6 +151,7 @@ def _add_submit(sub) -> None:
     p.add_argument("--split", choices=("test", "train"), default=None,
                    help="image folder under ROOT (default: test when present, else train)")
     p.add_argument("--tta", action="store_true", help="also average every model over row and column flips")
+    add_device_arguments(p)
     p.set_defaults(func=_run_submit)
 
 
@@ -154,7 +159,7 @@ def _run_submit(args: argparse.Namespace) -> int:
     from seg25d.pipeline.kaggle.workflow import submit
 
     result = submit(args.models, args.root, args.out, threshold=args.threshold, min_area=args.min_area,
-                    split=args.split, tta=args.tta)
+                    split=args.split, tta=args.tta, device=args.device or "auto")
     print(f"wrote {result.n_rows} rows ({result.n_nonempty} with a mask) for {len(result.case_days)} case-days of "
           f"{args.root / result.split} with {len(args.models)} model(s) -> {result.path} "
           f"(row order: {result.order_source})")

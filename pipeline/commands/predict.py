@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from seg25d.pipeline.commands import add_device_arguments
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("predict", help="predict masks for a manifest or input files")
@@ -22,6 +24,7 @@ def register(subparsers) -> None:
     parser.add_argument("--largest-component", nargs="+", metavar="CLASS",
                         help="keep only the largest connected component of these classes; 'all', or 'auto': the "
                              "classes where it raised validation Dice in training")
+    add_device_arguments(parser, precision_default="fp32 on the CPU, auto on CUDA")
     parser.set_defaults(func=_predict)
 
 
@@ -40,7 +43,8 @@ def _predict(args) -> int:
     else:
         jobs = jobs_from_paths(args.input, int(load_checkpoint(args.model[0])["model_config"]["in_channels"]))
     report = predict_batch(args.model, jobs, args.out, args.probabilities, args.tta, args.overwrite,
-                           largest_component=args.largest_component)
+                           largest_component=args.largest_component, device=args.device or "auto",
+                           precision=args.precision)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"predicted {report['predicted']}, skipped {report['skipped']} (already done), "
               f"failed {report['failed']} -> {args.out}")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from seg25d.pipeline.commands import add_device_arguments, device_overrides
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("train", help="train a model (presets: vessels, gi; or a TOML config)",
@@ -15,6 +17,7 @@ def register(subparsers) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set train.max_steps=200 (repeatable)")
     parser.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
+    add_device_arguments(parser, precision_default="train.precision")
     parser.set_defaults(func=_train)
 
 
@@ -26,7 +29,7 @@ def _train(args) -> int:
     from seg25d.pipeline.training import train
 
     keep_freed_memory()
-    config = load_config(args.config, args.overrides)
+    config = load_config(args.config, [*args.overrides, *device_overrides(args)])
     check_out_dir(args.out)
     result = train(config, args.out, resume=args.resume, callbacks=from_environment())
     if int(os.environ.get("RANK", "0")) == 0:

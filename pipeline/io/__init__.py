@@ -22,22 +22,27 @@ from seg25d.pipeline.errors import InputError
 from seg25d.pipeline.io.base import (
     Volume, VolumeIO, VolumeMeta, itk_geometry_from_ras, same_geometry, synthetic_meta,
 )
-from seg25d.pipeline.io.nifti import NibabelIO
-from seg25d.pipeline.io.sitk import SimpleITKIO
 
 __all__ = [
     "Volume", "VolumeMeta", "VolumeIO", "read_volume", "write_volume", "write_mask", "synthetic_meta",
     "same_geometry", "supported_extension", "mask_name", "SUPPORTED_EXTENSIONS",
 ]
 
-_NIFTI = NibabelIO()
-_SITK = SimpleITKIO()
+_NIFTI_EXTENSIONS = (".nii.gz", ".nii")  # NibabelIO.extensions, known without importing nibabel
 SUPPORTED_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 _DETACHED_HEADER = (".mhd", ".nhdr")
 
 
 def _backend(path: Path) -> VolumeIO:
-    return _NIFTI if full_suffix(path).lower() in NibabelIO.extensions else _SITK
+    """nibabel for NIfTI, SimpleITK for the rest; imported on first use, so that training and benchmarks run
+    without the file-format libraries."""
+    if full_suffix(path).lower() in _NIFTI_EXTENSIONS:
+        from seg25d.pipeline.io.nifti import NibabelIO
+
+        return NibabelIO()
+    from seg25d.pipeline.io.sitk import SimpleITKIO
+
+    return SimpleITKIO()
 
 
 def supported_extension(path: str | os.PathLike) -> bool:
@@ -69,7 +74,7 @@ def write_volume(path: str | os.PathLike, array: np.ndarray, meta: VolumeMeta) -
         raise ValueError(f"{path}: array shape {array.shape} differs from the geometry's {tuple(meta.shape)}")
     if array.dtype == bool:
         array = array.astype(np.uint8)
-    if _backend(path) is _SITK:  # orthogonal directions only; checked here so that errors name the target
+    if full_suffix(path).lower() not in _NIFTI_EXTENSIONS:  # SimpleITK: orthogonal only; errors name the target
         itk_geometry_from_ras(meta.affine, path)
     if full_suffix(path).lower() in _DETACHED_HEADER:
         _write_detached(path, array, meta)
@@ -87,7 +92,7 @@ def _write_detached(path: Path, array: np.ndarray, meta: VolumeMeta) -> None:
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent) as folder:
-        _SITK.write(Path(folder) / path.name, array, meta)
+        _backend(path).write(Path(folder) / path.name, array, meta)
         for item in sorted(Path(folder).iterdir(), key=lambda item: item.name == path.name):
             os.replace(item, path.parent / item.name)
 

@@ -260,7 +260,7 @@ def _train_fold(config: dict, root: Path, run_dir: Path, fold: int | None, n_fol
 
     submission, truth = out_dir / "val_submission.csv", out_dir / "val_truth.csv"
     written = submit([checkpoint], root, submission, split="train", case_days=val_names, use_sample=False,
-                     progress=bool(cfg["train"]["progress"]))
+                     progress=bool(cfg["train"]["progress"]), device=cfg["train"]["device"])
     _write_truth(root, val_names, written.order, truth)
     score = score_submission(submission, truth, root, split="train")
     payload = {"fold": fold, "folds": n_folds, "n_case_days": len(val_names), **score,
@@ -294,7 +294,7 @@ class Ensemble:
     """Checkpoints whose per-class probabilities are averaged, classes matched by name to :data:`CLASSES`;
     with ``tta`` each also averages over flips of the slices' rows and columns (four passes)."""
 
-    def __init__(self, checkpoints: Sequence[str | os.PathLike], tta: bool = False):
+    def __init__(self, checkpoints: Sequence[str | os.PathLike], tta: bool = False, device: str = "auto"):
         from seg25d.pipeline.predict import Predictor
 
         if not checkpoints:
@@ -303,7 +303,7 @@ class Ensemble:
         self.tta = bool(tta)
         self.members: list[tuple[object, list[int]]] = []
         for path in self.checkpoints:
-            predictor = Predictor(path)
+            predictor = Predictor(path, device)  # every member on the one device
             classes = list(predictor.spec.classes)
             missing = [c for c in CLASSES if c not in classes]
             if missing:
@@ -433,7 +433,7 @@ class SubmitResult:
 def submit(checkpoints: Sequence[str | os.PathLike], root: str | os.PathLike, out_csv: str | os.PathLike,
            threshold: float = 0.5, min_area: int = 0, split: str | None = None,
            case_days: Iterable[str] | None = None, use_sample: bool = True, progress: bool = True,
-           tta: bool = False) -> SubmitResult:
+           tta: bool = False, device: str = "auto") -> SubmitResult:
     """``seg25d kaggle submit``: predict case-days with an ensemble and write ``id,class,predicted``.
 
     Args:
@@ -447,6 +447,7 @@ def submit(checkpoints: Sequence[str | os.PathLike], root: str | os.PathLike, ou
         use_sample: follow ``root/sample_submission.csv``'s rows when it exists and lists any.
         progress: show a progress bar.
         tta: average each model over flips of the rows and columns too (four passes per model).
+        device: where the models run (``auto``, ``cpu``, ``cuda``, ``cuda:N``).
 
     Raises:
         InputError: bad threshold or area, unknown case-days, a checkpoint lacking an organ, a sample row that
@@ -487,7 +488,7 @@ def submit(checkpoints: Sequence[str | os.PathLike], root: str | os.PathLike, ou
             log.info("%d case-day(s) not in %s are not predicted", len(skipped), sample_path)
         found = [c for c in found if c.name in needed]
 
-    ensemble = Ensemble(checkpoints, tta)
+    ensemble = Ensemble(checkpoints, tta, device)
     rows = predict_case_days(ensemble, found, threshold, min_area, progress)
     source = "case-day, slice, class"
     if sample is not None:

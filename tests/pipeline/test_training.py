@@ -277,14 +277,6 @@ def test_bf16_training_is_reproducible_and_close_to_fp32(manifest, tmp_path, sma
     assert json.loads((out / "run.json").read_text())["precision"] == "fp32"
 
 
-def test_auto_precision_is_bf16_only_on_cpus_that_have_it(monkeypatch):
-    for avx512_bf16, amx, expected in [(True, False, "bf16"), (False, True, "bf16"), (False, False, "fp32")]:
-        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
-        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
-        assert training.resolve_precision("auto") == expected
-    assert training.resolve_precision("fp32") == "fp32" and training.resolve_precision("bf16") == "bf16"
-
-
 def _kill_midway(proc: subprocess.Popen, checkpoint, steps: int, timeout: float = 120.0) -> int | None:
     """SIGKILL ``proc`` once ``checkpoint`` holds a step in [1, steps - 1]; the step it was killed after, or None
     when the run ended on its own first."""

@@ -351,8 +351,9 @@ def fake_models(monkeypatch):
     calls: list[tuple] = []
 
     class FakePredictor:
-        def __init__(self, checkpoint):
+        def __init__(self, checkpoint, device="auto"):
             self.classes, self.function = models[Path(checkpoint).name]
+            self.device = device
             self.spec = types.SimpleNamespace(classes=self.classes)
             self.sigmoid = True
             self.name = Path(checkpoint).name
@@ -371,6 +372,7 @@ def test_ensemble_averages_by_class_name(fake_models, tiny_root, tmp_path):
     models["a.pt"] = (CLASSES, _known_probabilities(1, CLASSES))
     models["b.pt"] = (reordered, _known_probabilities(2, reordered))
     ensemble = workflow.Ensemble(["a.pt", "b.pt"])
+    assert [member.device for member, _ in workflow.Ensemble(["a.pt", "b.pt"], device="cpu").members] == ["cpu", "cpu"]
     image = np.zeros((3, 8, 10), dtype=np.float32)
     volume = types.SimpleNamespace(array=image, meta=types.SimpleNamespace(shape=image.shape, spacing=(3.0, 1.5, 1.5)))
     a, b = _known_probabilities(1, CLASSES)(volume), _known_probabilities(2, CLASSES)(volume)
