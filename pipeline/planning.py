@@ -135,13 +135,25 @@ def target_spacing(spacings: Sequence[Sequence[float]]) -> tuple[list[float], bo
     return [float(s) for s in target], anisotropic
 
 
-def memory_budget_mb() -> float:
-    """A quarter of the device's memory in MB (the machine's RAM: training runs on the CPU)."""
+def memory_budget_mb(device: str = "cpu") -> float:
+    """The memory a training step may use, in MB: most of a GPU's memory, a quarter of the machine's RAM on the
+    CPU (the cases, workers and the rest of the machine share it)."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory * 0.8 / 2**20
     try:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):  # not POSIX: assume 8 GB
         total = 8 * 2**30
     return total / 4 / 2**20
+
+
+def _training_device(config: dict) -> str:
+    from seg25d.pipeline.device import resolve_device
+
+    return str(resolve_device(config["train"].get("device", "auto")))
 
 
 def _base_channels(options: dict) -> int:
@@ -216,7 +228,7 @@ def make_plan(images, masks, spacings, shapes, channels: Sequence[str], config: 
         family = feeding_of(build(name, count, 1, **options)).kind
     except ValueError as err:
         raise InputError("model", str(err)) from None
-    budget = memory_budget_mb()
+    budget = memory_budget_mb(_training_device(config))
     shape, batch, estimate = _plan_input(family, median, options, budget)
     model = {"name": name, "family": family, "input": shape, "batch": batch, "memory_budget_mb": round(budget),
              "estimate_mb": round(estimate, 1)}

@@ -118,8 +118,8 @@ def bench_memory(out: str | os.PathLike, n: int = 400, shape=(128, 128, 128), st
               "train.max_minutes=0", "train.schedule=path1", "train.progress=false", *overrides]  # every step loads
 
     stats = CacheStats()
-    _, _, cached, _ = prepare_data(load_config(config, [f"data.manifest={str(full)!r}", *common]), cache,
-                                   progress=False, stats=stats)
+    first = load_config(config, [f"data.manifest={str(full)!r}", f"model.name={models[0]}", *common])
+    _, _, cached, _ = prepare_data(first, cache, progress=False, stats=stats)
     size = sum(p.stat().st_size for c in cached for p in (c.image_path, c.masks_path) if p is not None)
     preprocess = {"cases": len(cached), "built": stats.built, "seconds": round(stats.seconds, 2),
                   "cases_per_second": round(stats.built / stats.seconds, 3) if stats.built else None,

@@ -4,6 +4,7 @@ statistics, input sizes within the memory budget, config overrides, the working 
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -113,3 +114,16 @@ def test_plan_command_and_auto_patch_training(manifest, tmp_path, capsys):
                      "data.patch_size='auto'")
     assert planning.planned_config(config, planning.Plan.from_dict(plan))["data"]["patch_size"] == [16, 16, 16]
     assert config["data"]["patch_size"] == "auto"  # the config itself (saved, compared on resume) is unchanged
+
+
+def test_the_budget_is_most_of_a_gpus_memory(monkeypatch):
+    import types
+
+    import torch
+
+    from seg25d.pipeline.planning import memory_budget_mb
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: types.SimpleNamespace(total_memory=80 * 2**30))
+    assert memory_budget_mb("cuda:0") == pytest.approx(0.8 * 80 * 1024)
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert memory_budget_mb("cpu") == pytest.approx(ram / 4 / 2**20)
