@@ -79,8 +79,8 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 def resolve_precision(precision: str, device: str | torch.device = "cpu") -> str:
     """``"fp32"``, ``"bf16"`` or ``"fp16"`` for ``train.precision`` / ``--precision`` on ``device``.
 
-    CPU: ``"auto"`` is bf16 on CPUs that compute it natively (AVX512-BF16 or AMX; measured 1.7x faster steps)
-    and fp32 elsewhere, where bf16 is emulated; fp16 is refused. CUDA: ``"auto"`` is bf16 on GPUs that support
+    CPU: ``"auto"`` is bf16 on CPUs with native bf16 instructions (faster steps there) and fp32 elsewhere,
+    where bf16 is emulated; fp16 is refused. CUDA: ``"auto"`` is bf16 on GPUs that support
     it (``torch.cuda.is_bf16_supported()``), else fp16 with a gradient scaler (:func:`grad_scaler`).
     """
     if precision not in PRECISIONS:
