@@ -115,6 +115,15 @@ def sidecar_path(manifest: str | os.PathLike) -> Path:
     return manifest.with_suffix(".json")
 
 
+def label_spec_from_pairs(items) -> LabelSpec:
+    """Index classes given as ``NAME=VALUE`` pairs (``--classes liver=1 tumour=2``)."""
+    try:
+        names, values = zip(*(item.split("=", 1) for item in items))
+        return LabelSpec(names, tuple(int(v) for v in values))
+    except ValueError as err:
+        raise InputError("--classes", f"takes NAME=VALUE pairs with integer values ({err})") from None
+
+
 def read_label_spec(manifest: str | os.PathLike) -> LabelSpec | None:
     """The manifest's class declaration, or None when it has no sidecar."""
     path = sidecar_path(manifest)

@@ -38,18 +38,12 @@ def register(subparsers) -> None:
 def _import(args) -> int:
     from seg25d.pipeline.datasets import read_folder, read_msd, read_nnunet, write_import
     from seg25d.pipeline.errors import InputError
-    from seg25d.pipeline.manifest import LabelSpec
+    from seg25d.pipeline.manifest import label_spec_from_pairs
 
     if args.kind == "folder":
         if args.source or not args.images:
             raise InputError("--from folder", "takes --images GLOB [--labels GLOB], not a folder")
-        spec = None
-        if args.classes:
-            try:
-                names, values = zip(*(item.split("=", 1) for item in args.classes))
-                spec = LabelSpec(names, tuple(int(v) for v in values))
-            except ValueError as err:
-                raise InputError("--classes", f"takes NAME=VALUE pairs with integer values ({err})") from None
+        spec = label_spec_from_pairs(args.classes) if args.classes else None
         layout = read_folder(args.images, args.labels, spec, args.channels)
     else:
         if args.source is None or args.images or args.labels or args.classes or args.channels:

@@ -24,16 +24,9 @@ def register(subparsers) -> None:
 
 
 def _check(args) -> int:
-    from seg25d.pipeline.errors import InputError
-    from seg25d.pipeline.manifest import LabelSpec, check_manifest, read_label_spec
+    from seg25d.pipeline.manifest import check_manifest, label_spec_from_pairs, read_label_spec
 
-    spec = None
-    if args.classes:
-        try:
-            names, values = zip(*(item.split("=", 1) for item in args.classes))
-            spec = LabelSpec(names, tuple(int(v) for v in values))
-        except ValueError as err:
-            raise InputError(None, f"--classes takes NAME=VALUE pairs with integer values ({err})") from None
+    spec = label_spec_from_pairs(args.classes) if args.classes else None
     table, problems = check_manifest(args.manifest, spec)
     if spec is None and read_label_spec(args.manifest) is None:
         print(f"note: no class sidecar {args.manifest.with_suffix('.json')}; classes inferred from the label values")

@@ -396,8 +396,8 @@ def test_check_without_sidecar_infers_classes(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv_tail, words", [
-    (["--classes", "liver"], "--classes takes NAME=VALUE"),
-    (["--classes", "liver=one"], "--classes takes NAME=VALUE"),
+    (["--classes", "liver"], "--classes: takes NAME=VALUE"),
+    (["--classes", "liver=one"], "--classes: takes NAME=VALUE"),
 ])
 def test_check_bad_classes_option(tmp_path, capsys, argv_tail, words):
     manifest = make_dataset(tmp_path)
