@@ -42,6 +42,12 @@ __all__ = ["Plan", "fingerprint", "target_spacing", "make_plan", "prepare_traini
            "working_meta", "memory_budget_mb", "planned_config", "resolve_spacing"]
 
 SAMPLES_PER_CASE = 10_000
+#: at most this many samples in all, so that planning's memory does not grow with the number of cases
+SAMPLES_IN_ALL = 1_000_000
+
+
+def _samples_per_case(cases: int) -> int:
+    return max(1, min(SAMPLES_PER_CASE, SAMPLES_IN_ALL // max(1, cases)))
 ANISOTROPY = 3.0
 MEMORY_FACTOR = {"volume": 8, "patches": 24, "slices": 24, "stacks": 24}
 BATCH_LIMITS = {"volume": 4, "patches": 4, "slices": 32, "stacks": 32}
@@ -102,11 +108,12 @@ def fingerprint(images: Sequence[np.ndarray], masks: Sequence[np.ndarray | None]
     ``(C, D, H, W)`` images (on the grid they were loaded to)."""
     rng = np.random.default_rng(seed)
     channels = images[0].shape[0]
+    per_case = _samples_per_case(len(images))
     samples = [[] for _ in range(channels)]
     for image, mask in zip(images, masks):
         fg = mask.any(0) if mask is not None and mask.any() else np.ones(image.shape[1:], bool)
         index = np.flatnonzero(fg)
-        pick = rng.choice(index, size=min(len(index), SAMPLES_PER_CASE), replace=False)
+        pick = rng.choice(index, size=min(len(index), per_case), replace=False)
         for c in range(channels):
             samples[c].append(image[c].ravel()[pick])
     intensity = []
@@ -240,11 +247,12 @@ def _foreground_stats(images, masks, low_q: float, high_q: float) -> dict:
     """Per channel: the foreground's percentiles and the mean and sd of the clipped foreground (all cases)."""
     out = {"mean": [], "std": [], "low": [], "high": []}
     rng = np.random.default_rng(0)
+    per_case = _samples_per_case(len(images))
     for c in range(images[0].shape[0]):
         values = []
         for image, mask in zip(images, masks):
             fg = image[c][mask.any(0)] if mask is not None and mask.any() else image[c].ravel()
-            values.append(rng.choice(fg, size=min(fg.size, SAMPLES_PER_CASE), replace=False))
+            values.append(rng.choice(fg, size=min(fg.size, per_case), replace=False))
         values = np.concatenate(values).astype(np.float64)
         low, high = (float(np.percentile(values, q)) for q in (low_q, high_q))
         clipped = np.clip(values, low, high)

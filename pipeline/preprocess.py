@@ -72,8 +72,9 @@ class Preprocessing:
             return self
         stats = {k: list(self.stats.get(k) or [0.0] * channels) for k in ("mean", "std", "low", "high")}
         rng = np.random.default_rng(0)
+        per_image = max(1, min(100_000, 4_000_000 // len(images)))  # memory does not grow with the cases
         for c in fitted:
-            sample = np.concatenate([rng.choice(im[c].ravel(), size=min(im[c].size, 100_000), replace=False)
+            sample = np.concatenate([rng.choice(im[c].ravel(), size=min(im[c].size, per_image), replace=False)
                                      for im in images])
             low, high = (float(np.percentile(sample, q)) for q in self.percentiles)
             if self.scheme(c) == "percentile":
