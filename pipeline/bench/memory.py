@@ -114,6 +114,8 @@ def bench_memory(out: str | os.PathLike, n: int = 400, shape=(128, 128, 128), st
     out = Path(out)
     full, small = _dataset(out, n, shape, seed)
     cache = out / "cache"
+    if cache.exists():  # a rerun measures first-run preprocessing afresh
+        shutil.rmtree(cache)
     common = [f"train.max_steps={steps}", f"train.checkpoint_every={steps}", f"train.val_every={steps}",
               "train.max_minutes=0", "train.schedule=path1", "train.progress=false", *overrides]  # every step loads
 
