@@ -9,7 +9,10 @@ from seg25d.pipeline.commands import add_device_arguments, device_overrides
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("train", help="train a model (presets: vessels, gi; or a TOML config)",
+    from seg25d.pipeline.config import list_presets
+
+    parser = subparsers.add_parser("train", help=f"train a model (presets: {', '.join(list_presets())}; or a TOML "
+                                                 "config)",
                                    description="Train any registered model from a preset or TOML config into a run "
                                                "folder; a killed run resumes with --resume.")
     parser.add_argument("--config", default="vessels", help="preset name or TOML file (default: vessels)")
