@@ -16,15 +16,6 @@ from seg25d.models.unetpp import UNetPlusPlus
 VARIANTS = [("batch", "relu"), ("instance", "leaky_relu"), ("none", "relu")]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only add synchronisation cost (and stall badly on a busy machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _outputs(y):
     return y if isinstance(y, list) else [y]
 

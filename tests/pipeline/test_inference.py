@@ -14,15 +14,6 @@ from seg25d.pipeline.inference import (gaussian_importance_map, largest_valid_ti
 monai_inferers = pytest.importorskip("monai.inferers")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only add synchronisation cost (and stall badly on a busy machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _same_unet(depth: int) -> UNet:
     """A small same-padding U-Net in eval mode with non-trivial BatchNorm statistics."""
     torch.manual_seed(depth)
