@@ -20,6 +20,7 @@ memory does not grow with the number of cases.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -38,7 +39,7 @@ from seg25d.pipeline.errors import InputError
 from seg25d.pipeline.io import VolumeMeta
 from seg25d.pipeline.preprocess import Preprocessing
 
-__all__ = ["CachedCase", "cache_cases", "cache_folder", "plan_key", "native_spacings", "prepare_data",
+__all__ = ["CachedCase", "read_slices", "cache_cases", "cache_folder", "plan_key", "native_spacings", "prepare_data",
            "default_cache_dir", "resolve_cache_dir", "CacheStats"]
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,37 @@ class CachedCase:
     @property
     def masks(self) -> np.ndarray | None:
         return None if self.masks_path is None else np.load(self.masks_path, mmap_mode="c")
+
+    def slices(self, index: list[int], label: int) -> tuple[np.ndarray, np.ndarray]:
+        """``image[:, index]`` and ``masks[:, label]``, read from the files without mapping them (mapping a file
+        per slice costs more than reading it)."""
+        return read_slices(self.image_path, index), read_slices(self.masks_path, [label])[:, 0]
+
+
+@functools.lru_cache(maxsize=None)
+def _npy_layout(path: Path) -> tuple[tuple, np.dtype, int]:
+    """Shape, dtype and data offset of a C-ordered ``.npy`` file."""
+    with open(path, "rb") as handle:
+        version = np.lib.format.read_magic(handle)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read(handle)
+        if fortran:
+            raise InputError(path, "a Fortran-ordered array; the cache writes C order")
+        return shape, dtype, handle.tell()
+
+
+def read_slices(path: Path, index: list[int]) -> np.ndarray:
+    """``array[:, index]`` of a ``(C, D, ...)`` ``.npy`` file, each slice read at its offset."""
+    shape, dtype, offset = _npy_layout(path)
+    channels, depth, size = shape[0], shape[1], int(np.prod(shape[2:], dtype=np.int64)) * dtype.itemsize
+    out = np.empty((channels, len(index), *shape[2:]), dtype)
+    with open(path, "rb", buffering=0) as handle:
+        for c in range(channels):
+            for j, d in enumerate(index):
+                handle.seek(offset + (c * depth + int(d)) * size)
+                if handle.readinto(memoryview(out[c, j]).cast("B")) != size:
+                    raise InputError(path, "cache file cut short")
+    return out
 
 
 @dataclasses.dataclass

@@ -62,6 +62,10 @@ class Case:
     masks: np.ndarray | None
     meta: VolumeMeta
 
+    def slices(self, index: list[int], label: int) -> tuple[np.ndarray, np.ndarray]:
+        """``image[:, index]`` and ``masks[:, label]``: slices along D."""
+        return self.image[:, index], self.masks[:, label]
+
 
 def task_for(manifest) -> Task:
     """The manifest's class declaration (sidecar), or one inferred from its label files."""
@@ -151,7 +155,8 @@ class BatchSampler:
         self.cases, self.feeding = cases, feeding
         self.data, self.augment, self.train = config["data"], config["augment"], config["train"]
         if not feeding.three_d:
-            self.slices = [(i, d) for i, c in enumerate(cases) for d in range(c.image.shape[1])]
+            self.depths = [c.image.shape[1] for c in cases]
+            self.slices = [(i, d) for i, depth in enumerate(self.depths) for d in range(depth)]
             self.fg_slices = [(i, d) for i, c in enumerate(cases) for d in np.flatnonzero(c.masks.any(axis=(0, 2, 3)))]
 
     def batch(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -193,15 +198,11 @@ class BatchSampler:
         pool = self.fg_slices if (self.fg_slices and torch.rand((), generator=generator)
                                   < float(self.data["foreground_fraction"])) else self.slices
         i, d = pool[self._randint(len(pool), generator)]
-        case = self.cases[i]
-        image = torch.from_numpy(case.image)
-        if self.feeding.kind == "stacks":
-            f = self.feeding
-            idx = stack_indices(image.shape[1], torch.tensor([d]), f.slices, f.stride, f.edge)[0]
-            x = image[:, idx].reshape(-1, *image.shape[2:])
-        else:
-            x = image[:, d]
-        return x, torch.from_numpy(case.masks[:, d]).float()
+        case, f = self.cases[i], self.feeding
+        index = (stack_indices(self.depths[i], torch.tensor([d]), f.slices, f.stride, f.edge)[0].tolist()
+                 if f.kind == "stacks" else [d])
+        image, masks = case.slices(index, d)
+        return torch.from_numpy(image.reshape(-1, *image.shape[2:])), torch.from_numpy(masks).float()
 
     def _augmented(self, x, y, generator):
         aug = self.augment

@@ -38,6 +38,15 @@ def default_workers(world: int = 1) -> int:
     return max(0, min(4, cores // max(1, world) - 1))
 
 
+def _lower_priority(_worker_id: int) -> None:
+    """Workers yield the cores to training: a worker ahead of the trainer can wait, a preempted training thread
+    stalls every thread of its operation."""
+    try:
+        os.nice(10)
+    except OSError:
+        pass
+
+
 def resolve_workers(setting, world: int = 1) -> int:
     """``train.workers``: ``"auto"`` (:func:`default_workers`) or a count; 0 makes batches in the training process."""
     if setting == "auto":
@@ -96,7 +105,7 @@ class BatchLoader:
             if self._iterator is None:
                 self._iterator = iter(DataLoader(
                     self.dataset, batch_size=None, shuffle=False, num_workers=self.workers,
-                    pin_memory=self.pin_memory, prefetch_factor=self.prefetch,
+                    pin_memory=self.pin_memory, prefetch_factor=self.prefetch, worker_init_fn=_lower_priority,
                     generator=torch.Generator().manual_seed(0)))  # leaves torch's global generator alone
             item = next(self._iterator)
             while item.step < step:

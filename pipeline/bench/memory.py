@@ -3,7 +3,7 @@
 On ``n`` synthetic vessel volumes (all in the training split) and on the first ``n // 10`` of them, each model
 trains ``steps`` steps in a fresh ``seg25d train`` process, once from the cache with ``workers`` batch-making
 processes and once as before (cases in memory, batches made in the training process), the two modes one after
-the other for each case count. The process tree (workers included) is sampled from ``/proc``: peak summed
+the other for each case count (``repeats`` times, alternating which goes first). The process tree (workers included) is sampled from ``/proc``: peak summed
 resident memory (RSS; shared pages counted in every process) and peak summed proportional set size (PSS: pages
 shared between the trainer and its forked workers counted once, the tree's real footprint). Step and data-wait
 times are medians from ``metrics.csv`` after the first step. First-run preprocessing throughput and the cache's
@@ -105,9 +105,10 @@ def _dataset(out: Path, n: int, shape, seed: int) -> tuple[Path, Path]:
 
 def bench_memory(out: str | os.PathLike, n: int = 400, shape=(128, 128, 128), steps: int = 20,
                  models=MEMORY_MODELS, workers: int = 2, seed: int = 0, config: str = "vessels",
-                 overrides: tuple[str, ...] = ()) -> dict:
+                 overrides: tuple[str, ...] = (), repeats: int = 1) -> dict:
     """Run the benchmark (see the module docstring) into ``out``: ``memory.csv`` (one row per run) and
-    ``memory.json`` (the runs, preprocessing throughput, cache size and the ratios the issue asks about)."""
+    ``memory.json`` (the runs, preprocessing throughput, cache size and the ratios the issue asks about).
+    ``repeats`` runs every pair again, the other mode first; the step-time ratio is the mean of the pairs."""
     from seg25d.pipeline.cache import CacheStats, prepare_data
     from seg25d.pipeline.config import load_config
 
@@ -128,40 +129,46 @@ def bench_memory(out: str | os.PathLike, n: int = 400, shape=(128, 128, 128), st
                   "cache_mb": round(size / 2**20, 3)}
 
     rows = []
-    for model in models:
-        for manifest, cases in ((small, max(1, n // 10)), (full, n)):
-            for mode, sets in (("cache", [f"data.cache={str(cache)!r}", f"train.workers={workers}"]),
-                               ("memory", ["data.cache=off", "train.workers=0"])):
-                run = out / "runs" / f"{model}-{cases}-{mode}"
-                cmd = [sys.executable, "-m", "seg25d", "train", "--config", config, "--out", str(run)]
-                for text in [f"data.manifest={str(manifest)!r}", f"model.name={model}", *common, *sets]:
-                    cmd += ["--set", text]
-                if run.exists():  # a rerun measures afresh
-                    shutil.rmtree(run)
-                run.parent.mkdir(parents=True, exist_ok=True)
-                row = {"model": model, "cases": cases, "mode": mode, "workers": workers if mode == "cache" else 0}
-                row.update(_watched(cmd, out / "runs" / f"{run.name}.log"))
-                metrics = pd.read_csv(run / "metrics.csv").iloc[1:]  # the first step warms up
-                row["step_seconds"] = round(float(metrics.step_seconds.median()), 4) if len(metrics) else None
-                row["data_seconds"] = round(float(metrics.data_seconds.median()), 4) if len(metrics) else None
-                rows.append(row)
+    for repeat in range(repeats):
+        modes = [("cache", [f"data.cache={str(cache)!r}", f"train.workers={workers}"]),
+                 ("memory", ["data.cache=off", "train.workers=0"])]
+        for model in models:
+            for manifest, cases in ((small, max(1, n // 10)), (full, n)):
+                for mode, sets in modes[:: 1 if repeat % 2 == 0 else -1]:  # alternate which goes first
+                    run = out / "runs" / f"{model}-{cases}-{mode}"
+                    cmd = [sys.executable, "-m", "seg25d", "train", "--config", config, "--out", str(run)]
+                    for text in [f"data.manifest={str(manifest)!r}", f"model.name={model}", *common, *sets]:
+                        cmd += ["--set", text]
+                    if run.exists():  # every repeat measures afresh
+                        shutil.rmtree(run)
+                    run.parent.mkdir(parents=True, exist_ok=True)
+                    row = {"model": model, "cases": cases, "mode": mode, "repeat": repeat,
+                           "workers": workers if mode == "cache" else 0}
+                    row.update(_watched(cmd, out / "runs" / f"{run.name}.log"))
+                    metrics = pd.read_csv(run / "metrics.csv").iloc[1:]  # the first step warms up
+                    row["step_seconds"] = round(float(metrics.step_seconds.median()), 4) if len(metrics) else None
+                    row["data_seconds"] = round(float(metrics.data_seconds.median()), 4) if len(metrics) else None
+                    rows.append(row)
 
     frame = pd.DataFrame(rows)
     summary = {}
     for model in models:
-        r = frame[frame.model == model].set_index(["cases", "mode"])
+        r = frame[frame.model == model].groupby(["cases", "mode"]).peak_pss_mb.max()
         few, many = max(1, n // 10), n
-
-        def ratio(a, b, column):
-            return round(float(r.loc[a, column] / r.loc[b, column]), 3) if r.loc[b, column] else None
-
+        # paired step ratios: the two modes of one repeat on the same cases ran one after the other
+        times = frame[frame.model == model].pivot_table(index=["cases", "repeat"], columns="mode",
+                                                          values="step_seconds")
+        ratios = (times["cache"] / times["memory"]).dropna()
         summary[model] = {
-            "pss_ratio_cache_all_vs_first": ratio((many, "cache"), (few, "cache"), "peak_pss_mb"),
-            "pss_ratio_memory_all_vs_first": ratio((many, "memory"), (few, "memory"), "peak_pss_mb"),
-            "step_ratio_cache_vs_memory": ratio((many, "cache"), (many, "memory"), "step_seconds"),
+            "pss_ratio_cache_all_vs_first": round(float(r[(many, "cache")] / r[(few, "cache")]), 3),
+            "pss_ratio_memory_all_vs_first": round(float(r[(many, "memory")] / r[(few, "memory")]), 3),
+            "step_ratio_cache_vs_memory": round(float(ratios.mean()), 3),
+            "step_ratio_se": round(float(ratios.std(ddof=1) / len(ratios) ** 0.5), 3) if len(ratios) > 1 else None,
+            "step_pairs": int(len(ratios)),
         }
-    result = {"benchmark": "memory", "provenance": provenance(), "n": n, "shape": list(shape), "steps": steps, "workers": workers, "models": list(models),
-              "preprocess": preprocess, "summary": summary, "runs": rows}
+    result = {"benchmark": "memory", "provenance": provenance(), "n": n, "shape": list(shape), "steps": steps,
+              "workers": workers, "repeats": repeats, "models": list(models), "preprocess": preprocess,
+              "summary": summary, "runs": rows}
     write_csv(out / "memory.csv", frame)
     write_json(out / "memory.json", result)
     return result
@@ -176,5 +183,6 @@ def format_memory(result: dict) -> str:
     for model, s in result["summary"].items():
         lines.append(f"{model}: peak PSS {result['n']} vs {max(1, result['n'] // 10)} cases: "
                      f"cache x{s['pss_ratio_cache_all_vs_first']}, memory x{s['pss_ratio_memory_all_vs_first']}; "
-                     f"step time cache/memory x{s['step_ratio_cache_vs_memory']}")
+                     f"step time cache/memory x{s['step_ratio_cache_vs_memory']} ± {s['step_ratio_se']} "
+                     f"({s['step_pairs']} pairs)")
     return "\n".join(lines)

@@ -228,18 +228,26 @@ def _compare_table(results: list[Result], ablation: bool) -> str:
                   _f(statistics.fmean(row["step_seconds"] for row in per_seed), 3),
                   _f(statistics.fmean(row["peak_extra_mb"] for row in per_seed), 0),
                   _f(statistics.fmean(row["infer_seconds_per_volume"] for row in per_seed), 2)]
-        if label == reference:
+        against = (None if ablation else _base_model(label, labels)) or reference  # "MODEL ENCODER": vs MODEL
+        if label == against:
             cells.append("reference")
-        elif seeds > 1:
-            diffs = [class_mean(run[label]) - class_mean(run[reference]) for run in runs]
-            mean, se = _mean_se(diffs)
-            cells.append(verdict(mean, se))
         else:
-            row, ref = per_seed[0], runs[0][reference]
-            cells.append(verdict(class_mean(row) - class_mean(ref), math.hypot(single_se(row), single_se(ref))))
+            if seeds > 1:
+                diffs = [class_mean(run[label]) - class_mean(run[against]) for run in runs]
+                word = verdict(*_mean_se(diffs))
+            else:
+                row, ref = per_seed[0], runs[0][against]
+                word = verdict(class_mean(row) - class_mean(ref), math.hypot(single_se(row), single_se(ref)))
+            cells.append(word if against == reference else f"{word} vs `{against}`")
         name = label if ablation else f"`{label}`"
         rows.append(([str(numbers.get(label, ""))] if ablation else []) + [name, *cells])
     return f"Dice: {spread}.\n\n" + _table(head, rows)
+
+
+def _base_model(label: str, labels: list[str]) -> str | None:
+    """``MODEL`` for an entry ``MODEL ENCODER`` of ``bench compare --encoder`` when MODEL ran too."""
+    base = label.split(" ")[0]
+    return base if base != label and base in labels else None
 
 
 def _scaling_table(results: list[Result]) -> str:
@@ -338,16 +346,32 @@ def _kaggle_cv_table(data: dict) -> str:
 def _memory_table(data: dict) -> str:
     p = data["preprocess"]
     shape = " × ".join(map(str, data["shape"]))
+    groups: dict[tuple, list[dict]] = {}
+    for run in data["runs"]:
+        groups.setdefault((run["model"], run["cases"], run["mode"]), []).append(run)
     head = ["model", "cases", "loading", "peak RSS MiB", "peak PSS MiB", "step s", "data wait s"]
-    rows = [[f"`{r['model']}`", str(r["cases"]),
-             f"cache, {r['workers']} workers" if r["mode"] == "cache" else "in memory",
-             _f(r["peak_rss_mb"], 0), _f(r["peak_pss_mb"], 0), _f(r["step_seconds"], 3), _f(r["data_seconds"], 3)]
-            for r in data["runs"]]
+    rows = [[f"`{model}`", str(cases), f"cache, {runs[0]['workers']} workers" if mode == "cache" else "in memory",
+             _f(max(r["peak_rss_mb"] for r in runs), 0), _f(max(r["peak_pss_mb"] for r in runs), 0),
+             _f(statistics.mean(r["step_seconds"] for r in runs), 3),
+             _f(statistics.mean(r["data_seconds"] for r in runs), 3)]
+            for (model, cases, mode), runs in groups.items()]
+    ratios = []
+    for model, s in data["summary"].items():
+        se = s.get("step_ratio_se")
+        verdict = "" if se is None else " (level with ×1.05)" if abs(s["step_ratio_cache_vs_memory"] - 1.05) < 2 * se \
+            else f" ({'below' if s['step_ratio_cache_vs_memory'] < 1.05 else 'above'} ×1.05)"
+        ratios.append(f"`{model}` ×{_f(s['step_ratio_cache_vs_memory'], 3)}"
+                      + (f" ± {_f(se, 3)} over {s['step_pairs']} pairs" if se is not None else "") + verdict)
+    repeats = data.get("repeats", 1)
     return (f"`seg25d train` for {data['steps']} steps on {data['n']} synthetic {shape} vessel volumes and on the "
-            f"first {max(1, data['n'] // 10)}, from the preprocessed cache and in memory. Memory is the whole "
-            "process tree's (workers included), sampled from /proc; PSS counts pages shared between the trainer "
-            "and its workers once. Preprocessing the cache: "
-            f"{_f(p['cases_per_second'], 2)} cases/s, {_f(p['cache_mb'], 0)} MiB on disk.\n\n" + _table(head, rows))
+            f"first {max(1, data['n'] // 10)}, from the preprocessed cache and in memory"
+            + (f", {repeats} times each, alternating which mode runs first" if repeats > 1 else "")
+            + ". Memory is the whole process tree's (workers included; the peak over the repeats), sampled from "
+            "/proc; PSS counts pages shared between the trainer and its workers once. Step and data-wait times are "
+            "the mean of the runs' medians. Preprocessing the cache: "
+            f"{_f(p['cases_per_second'], 2)} cases/s, {_f(p['cache_mb'], 0)} MiB on disk.\n\n" + _table(head, rows)
+            + ("\n\nStep time from the cache over step time in memory, paired runs on the same cases: "
+               + "; ".join(ratios) + "." if ratios else ""))
 
 
 def _demo_table(data: dict) -> str:

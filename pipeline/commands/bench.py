@@ -42,6 +42,9 @@ def register(subparsers) -> None:
     compare.add_argument("--turn-seconds", type=float, default=TURN_SECONDS, metavar="S",
                          help="the models train in turns of S seconds of steps each, so all meet the machine's slow "
                               "and fast minutes alike; 0: one after another (default %(default)g)")
+    compare.add_argument("--encoder", metavar="NAME",
+                         help="also train each model with a 2D U-Net on this smp/timm encoder, random weights "
+                              "(needs seg25d[encoders])")
     add_device_arguments(compare, precision_default="train.precision")
     compare.set_defaults(func=_compare)
 
@@ -83,6 +86,8 @@ def register(subparsers) -> None:
     memory.add_argument("--steps", type=int, default=20, help="training steps per run (default 20)")
     memory.add_argument("--models", nargs="+", default=["projection25d", "unet2d"])
     memory.add_argument("--workers", type=int, default=2, help="loader workers of the cached runs (default 2)")
+    memory.add_argument("--repeats", type=int, default=1,
+                        help="pairs of runs per model and case count, alternating which mode goes first (default 1)")
     memory.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="extra config override for every run")
     memory.add_argument("--out", type=Path, required=True, help="folder for data, cache, runs, memory.csv/json")
@@ -139,7 +144,8 @@ def _compare(args) -> int:
     from seg25d.pipeline.bench.compare import DEFAULT_MODELS, bench_compare
 
     bench_compare(args.manifest, args.budget_minutes, args.out, args.models or DEFAULT_MODELS, args.seed,
-                  args.config, (*args.overrides, *device_overrides(args)), turn_seconds=args.turn_seconds)
+                  args.config, (*args.overrides, *device_overrides(args)), turn_seconds=args.turn_seconds,
+                  encoder=args.encoder)
     print((args.out / "compare.md").read_text(encoding="utf-8"))
     return 0
 
@@ -184,7 +190,7 @@ def _memory(args) -> int:
     from seg25d.pipeline.bench.memory import bench_memory, format_memory
 
     print(format_memory(bench_memory(args.out, args.n, args.shape, args.steps, args.models, args.workers,
-                                     overrides=(*args.overrides, *device_overrides(args)))))
+                                     overrides=(*args.overrides, *device_overrides(args)), repeats=args.repeats)))
     return 0
 
 

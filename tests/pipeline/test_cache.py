@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from seg25d.pipeline import cache as cache_module
-from seg25d.pipeline.cache import CacheStats, CachedCase, prepare_data
+from seg25d.pipeline.cache import CacheStats, CachedCase, prepare_data, read_slices
 from seg25d.pipeline.cli import main
 from seg25d.pipeline.config import DEFAULTS
+from seg25d.pipeline.errors import InputError
 from seg25d.pipeline.training import _load_data
 
 
@@ -65,6 +66,19 @@ def test_arrays_are_memory_mapped_and_never_written_back(manifest, tmp_path):
     before = np.array(image)
     image[:] = 7.0  # copy-on-write: this process's copy only
     assert np.array_equal(case.image, before)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, bool])
+def test_slices_read_at_their_offsets_equal_numpy_indexing(tmp_path, dtype):
+    array = (np.random.default_rng(0).random((2, 7, 5, 3)) > 0.5).astype(dtype)
+    np.save(tmp_path / "a.npy", array)
+    for index in ([0], [6, 2, 2, 0], list(range(7))):
+        got = read_slices(tmp_path / "a.npy", index)
+        assert got.dtype == array.dtype and np.array_equal(got, array[:, index])
+    np.save(tmp_path / "long.npy", np.zeros((1, 40, 5, 3), dtype))
+    (tmp_path / "cut.npy").write_bytes((tmp_path / "long.npy").read_bytes()[:-100])
+    with pytest.raises(InputError, match="cut short"):
+        read_slices(tmp_path / "cut.npy", [39])
 
 
 def test_second_run_reuses_the_cache(manifest, tmp_path):

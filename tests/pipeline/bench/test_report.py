@@ -88,6 +88,21 @@ def test_seeds_of_one_comparison_make_one_table_with_their_numbers(tmp_path):
     assert "[`compare_seed0.json`](results/compare_seed0.json)" in section
 
 
+def test_encoder_entries_are_judged_against_their_own_model(tmp_path):
+    plain, encoded, other = [0.50, 0.52, 0.51], [0.60, 0.61, 0.63], [0.40, 0.41, 0.42]
+    for seed in range(3):
+        _write(tmp_path / "r" / f"enc{seed}.json",
+               {"benchmark": "compare", "provenance": _provenance(f"seg25d bench compare --encoder resnet18 --seed {seed}"),
+                "manifest": "data/g/manifest.csv", "budget_minutes": 2, "seed": seed, "config": "gi",
+                "rows": [_compare_row("projection25d", other[seed]), _compare_row("unet2d", plain[seed]),
+                         _compare_row("unet2d resnet18", encoded[seed])]})
+    section = _section(render_benchmarks([tmp_path / "r"], tmp_path), "Models on g")
+    diffs = np.subtract(encoded, plain)  # paired against unet2d, not against the reference projection25d
+    assert diffs.mean() > 2 * diffs.std(ddof=1) / math.sqrt(3)
+    assert _row(section, "`unet2d resnet18`")[-1] == "ahead vs `unet2d`"
+    assert _row(section, "`unet2d`")[-1] == "ahead"  # against the reference
+
+
 def test_one_seed_verdict_uses_the_test_volumes_spread(tmp_path):
     # 0.90 against 0.93 with sd 0.01 over 6 volumes each: se of the difference 0.0058, so clearly behind;
     # with sd 0.05 the se is 0.029 and the difference is level
@@ -148,6 +163,29 @@ def test_memory_table_holds_the_files_numbers(tmp_path):
     assert "| `unet2d` | 4 | cache, 2 workers | 1329 | 513 | 0.096 | 0.004 |" in memory
     assert "| `unet2d` | 40 | in memory | 729 | 530 | 0.073 | 0.049 |" in memory
     assert "10.26 cases/s, 50 MiB on disk" in memory and "64 × 64 × 64" in memory
+
+
+def test_memory_table_averages_repeats_and_states_the_step_ratio(tmp_path):
+    def run(mode, repeat, step, pss):
+        return {"model": "unet2d", "cases": 40, "mode": mode, "repeat": repeat, "workers": 2 if mode == "cache" else 0,
+                "peak_rss_mb": pss + 100, "peak_pss_mb": pss, "step_seconds": step, "data_seconds": 0.01}
+
+    runs = [run("cache", 0, 0.50, 900), run("memory", 0, 0.48, 950), run("memory", 1, 0.52, 960),
+            run("cache", 1, 0.53, 905)]
+    ratios = np.array([0.50 / 0.48, 0.53 / 0.52])
+    summary = {"unet2d": {"step_ratio_cache_vs_memory": round(ratios.mean(), 3),
+                          "step_ratio_se": round(ratios.std(ddof=1) / math.sqrt(2), 3), "step_pairs": 2}}
+    _write(tmp_path / "r" / "memory.json", {
+        "benchmark": "memory", "provenance": _provenance("seg25d bench memory --repeats 2"), "n": 400,
+        "shape": [64, 64, 64], "steps": 6, "workers": 2, "repeats": 2, "models": ["unet2d"], "summary": summary,
+        "runs": runs, "preprocess": {"cases": 40, "built": 40, "seconds": 3.9, "cases_per_second": 10.0,
+                                     "cache_mb": 50.2}})
+    memory = _section(render_benchmarks([tmp_path / "r"], tmp_path), "Training memory")
+    assert "| `unet2d` | 40 | cache, 2 workers | 1005 | 905 | 0.515 | 0.010 |" in memory  # peak, mean
+    assert "| `unet2d` | 40 | in memory | 1060 | 960 | 0.500 | 0.010 |" in memory
+    assert "2 times each, alternating which mode runs first" in memory
+    assert f"`unet2d` ×{ratios.mean():.3f} ± {ratios.std(ddof=1) / math.sqrt(2):.3f} over 2 pairs" in memory
+    assert "(level with ×1.05)" in memory  # 1.030 ± 0.011: within two standard errors of 1.05
 
 
 def test_command_writes_the_page_and_names_a_missing_folder(tmp_path, capsys):
