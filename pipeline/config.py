@@ -76,6 +76,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "weight_decay": 0.0001,
         "scheduler": "cosine",      # cosine | constant
         "warmup_steps": 10,
+        "ema": 0.0,                 # decay of an exponential moving average of the weights that predicts (0: off)
         "checkpoint_every": 50,     # steps between last.pt writes
         "val_every": 50,            # steps between validations (best.pt)
         "schedule": "path1_then_path2",  # projection25d: path1 | path1_then_path2 | alternate

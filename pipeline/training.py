@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from seg25d.models import build, feeding_of, model_options
@@ -149,6 +150,13 @@ def _load_data(config: dict, main: bool):
     return task, prep, plan, train_cases, val_cases
 
 
+def _ema_model(model: torch.nn.Module, decay) -> AveragedModel | None:
+    """``train.ema``: an exponential moving average of the weights (and normalisation statistics), or None."""
+    if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 <= decay < 1:
+        raise InputError("train.ema", f"must be a decay in [0, 1) (0: off), got {decay!r}")
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(float(decay)), use_buffers=True) if decay else None
+
+
 class _Trainer:
     def __init__(self, config: dict, out_dir: Path, resume: bool, callbacks=()):
         self.config, self.out_dir = config, Path(out_dir)
@@ -185,6 +193,7 @@ class _Trainer:
         except ValueError as err:
             raise InputError("model", str(err)) from None
         self.model.to(self.device)  # before the optimiser and the resume: their states follow the parameters
+        self.ema = _ema_model(self.model, tc["ema"])
         self.feeding = feeding_of(self.model)
         if self.feeding.padding == "valid":
             raise InputError("model.options.padding", "valid convolutions give outputs smaller than the labels; "
@@ -216,8 +225,11 @@ class _Trainer:
 
     # --- state ----------------------------------------------------------------------------------------------
     def _payload(self) -> dict:
+        predicting = self.model if self.ema is None else self.ema.module
         return {
-            "model_config": self.model.config, "model_state": self.model.state_dict(),
+            "model_config": self.model.config, "model_state": predicting.state_dict(),
+            **({} if self.ema is None else {"training_state": self.model.state_dict(),
+                                            "ema_updates": int(self.ema.n_averaged)}),
             "optimizer_state": self.optimizer.state_dict(), "scheduler_state": self.scheduler.state_dict(),
             "step": self.step, "best_score": self.best, "elapsed_seconds": self.elapsed,
             "path2_started": self.path2_started, "config": self.config, "task": self.task.spec.to_dict(),
@@ -239,7 +251,10 @@ class _Trainer:
         if changed:
             raise InputError(path, f"was trained with other settings ({', '.join(sorted(changed))}); resume with "
                                    "the same data, model and loss (train.* and augment.* may change)")
-        self.model.load_state_dict(state["model_state"])
+        self.model.load_state_dict(state.get("training_state", state["model_state"]))
+        if self.ema is not None and "training_state" in state:  # else the average starts afresh
+            self.ema.module.load_state_dict(state["model_state"])
+            self.ema.n_averaged.fill_(int(state["ema_updates"]))
         self.optimizer.load_state_dict(state["optimizer_state"])
         self.scheduler.load_state_dict(state["scheduler_state"])
         if state.get("scaler_state"):
@@ -323,6 +338,8 @@ class _Trainer:
             self.dist.average_gradients(self.model.parameters())
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
         row.update(loss=loss.item(), loss_main=main.item(), loss_aux=aux.item() if aux is not None else np.nan,
                    lr=self.optimizer.param_groups[0]["lr"], data_seconds=round(self.batches.data_seconds, 4)
                    if path != 2 else 0.0)
@@ -359,16 +376,23 @@ class _Trainer:
 
     # --- validation -----------------------------------------------------------------------------------------
     def validate(self) -> dict:
+        """Mean validation Dice per class of the weights that predict (the average with ``train.ema``, whose
+        training weights' mean Dice is ``val_dice_mean_raw``)."""
         if not self.val_cases:
             return {}
-        scores = []
-        for case in self.val_cases:
-            probs = predict_probabilities(self.model, case.image, self.task.sigmoid)
-            scores.append(dice_per_class(probabilities_to_masks(probs, self.task.sigmoid), case.masks))
-        mean = np.mean(scores, axis=0)
+        mean = self._val_dice(self.model if self.ema is None else self.ema.module)
         out = {f"val_dice_{name}": float(v) for name, v in zip(self.task.classes, mean)}
         out["val_dice_mean"] = float(mean.mean())
+        if self.ema is not None:
+            out["val_dice_mean_raw"] = float(self._val_dice(self.model).mean())
         return out
+
+    def _val_dice(self, model) -> np.ndarray:
+        scores = []
+        for case in self.val_cases:
+            probs = predict_probabilities(model, case.image, self.task.sigmoid)
+            scores.append(dice_per_class(probabilities_to_masks(probs, self.task.sigmoid), case.masks))
+        return np.mean(scores, axis=0)
 
     # --- outputs --------------------------------------------------------------------------------------------
     def _write_logs(self):

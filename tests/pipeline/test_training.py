@@ -96,6 +96,20 @@ def _record_states(monkeypatch) -> dict[int, dict]:
     return states
 
 
+def _keep_last_checkpoints(monkeypatch) -> dict[int, bytes]:
+    """Keep the bytes of every ``last.pt`` the trainer writes, by step."""
+    saved, original = {}, training.save_checkpoint
+
+    def keep(path, payload):
+        result = original(path, payload)
+        if path.name == "last.pt":
+            saved[payload["step"]] = path.read_bytes()
+        return result
+
+    monkeypatch.setattr(training, "save_checkpoint", keep)
+    return saved
+
+
 def _part(state: dict, prefix: tuple[str, ...]) -> dict:
     return {k: v for k, v in state.items() if k.startswith(prefix)}
 
@@ -347,18 +361,8 @@ def test_resume_from_any_checkpoint(manifest, tmp_path, monkeypatch, no_curves, 
     steps = 6
     sets = _sets(manifest, TINY_P25, f"train.schedule={schedule}", "train.path2_fraction=0.5",
                  "train.alternate_every=2", "train.checkpoint_every=1", steps=steps)
-    saved = {}
-    original = training.save_checkpoint
-
-    def keep(path, payload):
-        result = original(path, payload)
-        if path.name == "last.pt":
-            saved[payload["step"]] = path.read_bytes()
-        return result
-
-    monkeypatch.setattr(training, "save_checkpoint", keep)
+    saved = _keep_last_checkpoints(monkeypatch)
     reference = train(load_config("vessels", sets), tmp_path / "a")
-    monkeypatch.setattr(training, "save_checkpoint", original)
     run = tmp_path / "b"
     run.mkdir()
     (run / "last.pt").write_bytes(saved[resume_at])
@@ -370,6 +374,64 @@ def test_resume_from_any_checkpoint(manifest, tmp_path, monkeypatch, no_curves, 
     metrics = pd.read_csv(run / "metrics.csv")
     assert list(metrics.step) == list(range(steps))
     np.testing.assert_array_equal(metrics.loss, frame.loss)
+
+
+# --- weight averaging ------------------------------------------------------------------------------------------
+
+def test_ema_is_the_average_of_the_training_weights(manifest, tmp_path, no_curves):
+    """``train.ema``: the checkpoint predicts with d * average + (1 - d) * weights after every step (the first step's
+    weights to start), worked out here from the weights each step leaves; training itself is unchanged."""
+    from seg25d.pipeline.callbacks import TrainerCallback
+
+    class Weights(TrainerCallback):
+        def __init__(self):
+            self.states = []
+
+        def after_step(self, trainer, row):
+            self.states.append({k: v.detach().clone() for k, v in trainer.model.state_dict().items()})
+
+    decay, weights = 0.7, Weights()
+    train(load_config("vessels", _sets(manifest, *MODELS["unet2d"], f"train.ema={decay}", steps=4)),
+          tmp_path / "ema", callbacks=[weights])
+    plain = train(load_config("vessels", _sets(manifest, *MODELS["unet2d"], steps=4)), tmp_path / "plain")
+    state = load_checkpoint(tmp_path / "ema" / "last.pt")
+    _assert_same_weights(state["training_state"], _weights(plain.last_checkpoint))
+    expected = {k: v.double() for k, v in weights.states[0].items()}
+    for step_state in weights.states[1:]:
+        expected = {k: decay * expected[k] + (1 - decay) * step_state[k].double() for k in expected}
+    for k, v in state["model_state"].items():
+        if v.is_floating_point():
+            torch.testing.assert_close(v.double(), expected[k], rtol=1e-5, atol=1e-6, msg=k)
+    assert state["ema_updates"] == 4
+    assert not _equal(state["model_state"], state["training_state"])
+    metrics = pd.read_csv(tmp_path / "ema" / "metrics.csv")
+    assert metrics.val_dice_mean_raw.notna().sum() == 2 and "val_dice_mean_raw" not in pd.read_csv(
+        tmp_path / "plain" / "metrics.csv")
+    model = load_model(tmp_path / "ema" / "best.pt")  # predicts with the average
+    assert model is not None
+
+
+def test_ema_run_resumes_bit_identically(manifest, tmp_path, monkeypatch, no_curves):
+    sets = _sets(manifest, TINY_P25, "train.ema=0.8", "train.checkpoint_every=1", steps=4)
+    saved = _keep_last_checkpoints(monkeypatch)
+    reference = train(load_config("vessels", sets), tmp_path / "a")
+    run = tmp_path / "b"
+    run.mkdir()
+    (run / "last.pt").write_bytes(saved[2])
+    train(load_config("vessels", sets), run, resume=True)
+    a, b = load_checkpoint(reference.last_checkpoint), load_checkpoint(run / "last.pt")
+    _assert_same_weights(a["model_state"], b["model_state"])
+    _assert_same_weights(a["training_state"], b["training_state"])
+    assert a["ema_updates"] == b["ema_updates"] == 4
+
+
+@pytest.mark.parametrize("value", [1.0, -0.1, "yes"])
+def test_ema_decay_checked(manifest, tmp_path, capsys, value):
+    value = repr(value) if isinstance(value, str) else value
+    assert main(_cli(tmp_path / "run", _sets(manifest, *MODELS["unet2d"], f"train.ema={value}"))) == 2
+    err = capsys.readouterr().err
+    assert "train.ema" in err and "Traceback" not in err
+    assert not (tmp_path / "run" / "last.pt").exists()
 
 
 # --- the two-path schedule -------------------------------------------------------------------------------------
