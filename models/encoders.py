@@ -30,12 +30,14 @@ from seg25d.models.blocks import center_crop, channels_last, pad_to_multiple
 from seg25d.models.feeding import Feeding
 from seg25d.pipeline.errors import InputError
 
-__all__ = ["EncoderUNet", "build_unet2d", "smp_module", "WEIGHT_SUFFIXES"]
+__all__ = ["EncoderUNet", "build_unet2d", "smp_module", "with_encoder", "ENCODER_OPTIONS", "WEIGHT_SUFFIXES"]
 
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 DECODER_NORMS = {"batch": {"type": "batchnorm"}, "instance": {"type": "instancenorm", "affine": True},  # as UNet's
                  "none": {"type": "identity"}}
 DECODER_UPSAMPLING = {"transpose": "nearest", "bilinear": "bilinear"}  # smp upsamples by interpolation
+# where each model keeps the options of its 2D U-Net
+ENCODER_OPTIONS = {"unet2d": (), "slicestack25d": ("backbone_options",), "projection25d": ("unet",)}
 
 
 def smp_module():
@@ -145,6 +147,19 @@ def build_unet2d(in_channels: int, out_channels: int, encoder: str | None = None
     model = EncoderUNet(in_channels, out_channels, encoder, encoder_weights, **options)
     model.resolved_options = {"encoder": encoder, "encoder_weights": None, **options, **fixed}
     return model
+
+
+def with_encoder(model: str, options: dict, encoder: str, encoder_weights: str | None = None) -> dict:
+    """``options`` of ``model`` with its 2D U-Net on ``encoder`` (``encoder_weights=None``: random weights)."""
+    if model not in ENCODER_OPTIONS:
+        raise ValueError(f"{model} has no 2D U-Net to put an encoder in (one of {', '.join(ENCODER_OPTIONS)})")
+    options = dict(options)
+    inner = options
+    for key in ENCODER_OPTIONS[model]:
+        inner[key] = dict(inner.get(key) or {})
+        inner = inner[key]
+    inner.update(encoder=encoder, encoder_weights=encoder_weights or "")  # "": TOML has no null
+    return options
 
 
 def _weights_file(weights) -> Path | None:

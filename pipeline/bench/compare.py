@@ -87,23 +87,29 @@ def _toml(value) -> str:
 
 
 def bench_compare(manifest, budget_minutes: float, out_dir, models=DEFAULT_MODELS, seed: int = 0,
-                  config: str = "vessels", extra: tuple = (), turn_seconds: float = TURN_SECONDS) -> pd.DataFrame:
+                  config: str = "vessels", extra: tuple = (), turn_seconds: float = TURN_SECONDS,
+                  encoder: str | None = None) -> pd.DataFrame:
     """Train, predict and evaluate each model; writes compare.csv, compare.json and compare.md in ``out_dir``.
 
     Models train with the preset's loss, data and schedule; the preset's own model with the preset's model
-    options, the others with ``BENCH_OPTIONS`` or their defaults.
+    options, the others with ``BENCH_OPTIONS`` or their defaults. With ``encoder``, each model with a 2D U-Net
+    also trains as "MODEL ENCODER", its U-Net on that encoder with random weights.
     """
+    from seg25d.models.encoders import ENCODER_OPTIONS, with_encoder
     from seg25d.pipeline.bench.models import BENCH_OPTIONS
     from seg25d.pipeline.config import load_config
 
-    preset_model = load_config(config)["model"]["name"]
+    preset_model = load_config(config)["model"]
     entries = []
     for model in models:
         if model == "monai_unet" and not _monai_available():
             log.warning("monai is not installed: skipping monai_unet")
             continue
-        options = None if model == preset_model else BENCH_OPTIONS.get(model, {})
-        entries.append((model, model, options, ()))
+        own = model == preset_model["name"]
+        entries.append((model, model, None if own else BENCH_OPTIONS.get(model, {}), ()))
+        if encoder and model in ENCODER_OPTIONS:
+            base = preset_model["options"] if own else BENCH_OPTIONS.get(model, {})
+            entries.append((f"{model} {encoder}", model, with_encoder(model, base, encoder), ()))
     return run_entries(entries, manifest, budget_minutes, out_dir, seed, config, extra, name="compare",
                        turn_seconds=turn_seconds)
 

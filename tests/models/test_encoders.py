@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from seg25d.models import build
-from seg25d.models.encoders import EncoderUNet, build_unet2d
+from seg25d.models.encoders import EncoderUNet, build_unet2d, with_encoder
 from seg25d.pipeline.checkpoint import load_checkpoint, load_model
 from seg25d.pipeline.cli import main
 from seg25d.pipeline.config import load_config
@@ -44,22 +44,13 @@ def no_curves(monkeypatch):
     monkeypatch.setattr(figures, "training_curves", lambda metrics, path: path)
 
 
-@pytest.fixture
-def projection_builds_with_build_unet2d(monkeypatch):
-    """projection25d's 2D U-Net from ``build_unet2d`` (the one line models/projection25d.py takes)."""
-    from seg25d.models import projection25d
-
-    monkeypatch.setattr(projection25d, "UNet", lambda dims, cin, cout, **opts: build_unet2d(cin, cout, **opts),
-                        raising=False)
+SMALL = {"unet2d": dict(TINY), "slicestack25d": {"slices": 3, "stride": 2, "backbone_options": dict(TINY)},
+         "projection25d": {"directions": 2, "train_directions": 2, "unet": dict(TINY), "head_channels": 4,
+                           "filter_size": 7}}
 
 
 def _options(model: str, encoder: str, weights=None) -> dict:
-    unet = {"encoder": encoder, "encoder_weights": weights, **TINY}
-    if model == "unet2d":
-        return unet
-    if model == "slicestack25d":
-        return {"slices": 3, "stride": 2, "backbone_options": unet}
-    return {"directions": 2, "train_directions": 2, "unet": unet, "head_channels": 4, "filter_size": 7}
+    return with_encoder(model, SMALL[model], encoder, weights)
 
 
 def _config(manifest, model: str, options: dict) -> dict:
@@ -91,8 +82,7 @@ def _first_conv(model: torch.nn.Module) -> torch.Tensor:
 @needs_smp
 @pytest.mark.parametrize("encoder", ENCODERS)
 @pytest.mark.parametrize("model", ["unet2d", "slicestack25d", "projection25d"])
-def test_models_train_save_and_reload(manifest, tmp_path, model, encoder, no_curves,
-                                      projection_builds_with_build_unet2d):
+def test_models_train_save_and_reload(manifest, tmp_path, model, encoder, no_curves):
     config = _config(manifest, model, _options(model, encoder))
     torch.manual_seed(0)
     initial = build(model, 1, 1, **config["model"]["options"])
@@ -206,6 +196,18 @@ def test_options_smp_has_no_counterpart_for_are_refused():
         build("unet2d", 1, 2, encoder="resnet18", depth=2)
     with pytest.raises(ValueError, match="Wrong encoder name"):
         build("unet2d", 1, 2, encoder="resnet17")
+
+
+def test_with_encoder_puts_the_encoder_where_each_model_keeps_its_unet():
+    given = {"slices": 3, "backbone_options": {"depth": 4}}
+    assert with_encoder("slicestack25d", given, "resnet34") == {
+        "slices": 3, "backbone_options": {"depth": 4, "encoder": "resnet34", "encoder_weights": ""}}
+    assert given == {"slices": 3, "backbone_options": {"depth": 4}}  # the caller's options are left alone
+    assert with_encoder("projection25d", {"preset": "default"}, "tu-convnext_tiny", "w.pt") == {
+        "preset": "default", "unet": {"encoder": "tu-convnext_tiny", "encoder_weights": "w.pt"}}
+    assert with_encoder("unet2d", {}, "resnet18") == {"encoder": "resnet18", "encoder_weights": ""}
+    with pytest.raises(ValueError, match="monai_unet has no 2D U-Net"):
+        with_encoder("monai_unet", {}, "resnet18")
 
 
 @needs_smp
