@@ -3,11 +3,12 @@
 On ``n`` synthetic vessel volumes (all in the training split) and on the first ``n // 10`` of them, each model
 trains ``steps`` steps in a fresh ``seg25d train`` process, once from the cache with ``workers`` batch-making
 processes and once as before (cases in memory, batches made in the training process), the two modes one after
-the other for each case count (``repeats`` times, alternating which goes first). The process tree (workers included) is sampled from ``/proc``: peak summed
-resident memory (RSS; shared pages counted in every process) and peak summed proportional set size (PSS: pages
-shared between the trainer and its forked workers counted once, the tree's real footprint). Step and data-wait
-times are medians from ``metrics.csv`` after the first step. First-run preprocessing throughput and the cache's
-size on disk are measured before the runs, which then reuse the cache.
+the other for each case count (``repeats`` times, alternating which goes first). The process tree (workers
+included) is sampled from ``/proc``: peak summed resident memory (RSS; shared pages counted in every process)
+and peak summed proportional set size (PSS: pages shared between the trainer and its forked workers counted
+once, the tree's real footprint). Step and data-wait times are medians from ``metrics.csv`` after the first
+step. First-run preprocessing throughput and the cache's size on disk are measured before the runs, which then
+reuse the cache.
 """
 
 from __future__ import annotations

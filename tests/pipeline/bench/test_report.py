@@ -92,7 +92,8 @@ def test_encoder_entries_are_judged_against_their_own_model(tmp_path):
     plain, encoded, other = [0.50, 0.52, 0.51], [0.60, 0.61, 0.63], [0.40, 0.41, 0.42]
     for seed in range(3):
         _write(tmp_path / "r" / f"enc{seed}.json",
-               {"benchmark": "compare", "provenance": _provenance(f"seg25d bench compare --encoder resnet18 --seed {seed}"),
+               {"benchmark": "compare",
+                "provenance": _provenance(f"seg25d bench compare --encoder resnet18 --seed {seed}"),
                 "manifest": "data/g/manifest.csv", "budget_minutes": 2, "seed": seed, "config": "gi",
                 "rows": [_compare_row("projection25d", other[seed]), _compare_row("unet2d", plain[seed]),
                          _compare_row("unet2d resnet18", encoded[seed])]})
