@@ -4,11 +4,11 @@ On ``n`` synthetic vessel volumes (all in the training split) and on the first `
 trains ``steps`` steps in a fresh ``seg25d train`` process, once from the cache with ``workers`` batch-making
 processes and once as before (cases in memory, batches made in the training process), the two modes one after
 the other for each case count (``repeats`` times, alternating which goes first). The process tree (workers
-included) is sampled from ``/proc``: peak summed resident memory (RSS; shared pages counted in every process)
-and peak summed proportional set size (PSS: pages shared between the trainer and its forked workers counted
-once, the tree's real footprint). Step and data-wait times are medians from ``metrics.csv`` after the first
-step. First-run preprocessing throughput and the cache's size on disk are measured before the runs, which then
-reuse the cache.
+included) is sampled from ``/proc``: peak summed resident memory (RSS, every 0.1 s; shared pages counted in
+every process) and peak summed proportional set size (PSS, every second: pages shared between the trainer and
+its forked workers counted once, the tree's real footprint). Step and data-wait times are medians from
+``metrics.csv`` after the first step. First-run preprocessing throughput and the cache's size on disk are
+measured before the runs, which then reuse the cache.
 """
 
 from __future__ import annotations
@@ -52,20 +52,27 @@ def _field_kb(path: Path, key: str) -> int:
     return 0
 
 
-def tree_memory_mb(pid: int) -> tuple[float, float]:
-    """Summed RSS and PSS (MiB) of ``pid`` and all its descendants, from ``/proc``."""
-    rss = pss = 0
-    stack = [pid]
+def _tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants."""
+    pids, stack = [], [pid]
     while stack:
         p = stack.pop()
-        rss += _field_kb(Path(f"/proc/{p}/status"), "VmRSS")
-        pss += _field_kb(Path(f"/proc/{p}/smaps_rollup"), "Pss")
+        pids.append(p)
         stack += _children(p)
-    return rss / 1024, pss / 1024
+    return pids
 
 
-def _watched(cmd: list[str], log: Path, interval: float = 0.1) -> dict:
-    """Run ``cmd``; its wall time and the peak memory of its process tree."""
+def tree_memory_mb(pid: int, pss: bool = True) -> tuple[float, float]:
+    """Summed RSS and PSS (MiB; PSS 0 unless ``pss``) of ``pid`` and all its descendants, from ``/proc``."""
+    pids = _tree(pid)
+    rss = sum(_field_kb(Path(f"/proc/{p}/status"), "VmRSS") for p in pids)
+    return rss / 1024, sum(_field_kb(Path(f"/proc/{p}/smaps_rollup"), "Pss") for p in pids) / 1024 if pss else 0.0
+
+
+def _watched(cmd: list[str], log: Path, interval: float = 0.1, pss_every: int = 10) -> dict:
+    """Run ``cmd``; its wall time and the peak memory of its process tree. PSS is sampled every ``pss_every``-th
+    time only: reading ``smaps_rollup`` walks a process's page tables under its memory-map lock, which would
+    slow the steps being timed."""
     peak = {"rss": 0.0, "pss": 0.0}
     start = time.perf_counter()
     with open(log, "w") as out:
@@ -73,9 +80,11 @@ def _watched(cmd: list[str], log: Path, interval: float = 0.1) -> dict:
         done = threading.Event()
 
         def sample():
+            count = 0
             while not done.is_set():
-                rss, pss = tree_memory_mb(proc.pid)
+                rss, pss = tree_memory_mb(proc.pid, pss=count % pss_every == 0)
                 peak["rss"], peak["pss"] = max(peak["rss"], rss), max(peak["pss"], pss)
+                count += 1
                 done.wait(interval)
 
         sampler = threading.Thread(target=sample, daemon=True)
