@@ -223,7 +223,7 @@ def _compare_table(results: list[Result], ablation: bool) -> str:
             values = [row[f"dice_{c}"] for row in per_seed]
             mean, se = _mean_se(values)
             cells.append(f"{mean:.3f} ± {(se if seeds > 1 else per_seed[0][f'dice_sd_{c}']):.3f}")
-        cells += [_f(statistics.fmean(row[f"hd95_{c}"] for row in per_seed), 2) for c in classes]
+        cells += [_f(_mean_of_measured(row[f"hd95_{c}"] for row in per_seed), 2) for c in classes]
         cells += [str(round(statistics.fmean(row["steps"] for row in per_seed))),
                   _f(statistics.fmean(row["step_seconds"] for row in per_seed), 3),
                   _f(statistics.fmean(row["peak_extra_mb"] for row in per_seed), 0),
@@ -242,6 +242,12 @@ def _compare_table(results: list[Result], ablation: bool) -> str:
         name = label if ablation else f"`{label}`"
         rows.append(([str(numbers.get(label, ""))] if ablation else []) + [name, *cells])
     return f"Dice: {spread}.\n\n" + _table(head, rows)
+
+
+def _mean_of_measured(values) -> float | None:
+    """The mean of the values that were measured (HD95 is None where a model predicted nothing)."""
+    measured = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return statistics.fmean(measured) if measured else None
 
 
 def _base_model(label: str, labels: list[str]) -> str | None:

@@ -104,6 +104,15 @@ def test_encoder_entries_are_judged_against_their_own_model(tmp_path):
     assert _row(section, "`unet2d`")[-1] == "ahead"  # against the reference
 
 
+def test_an_unmeasured_hd95_is_an_empty_cell(tmp_path):
+    empty = {**_compare_row("unet2d", 0.0), "hd95_vessel": None}  # predicted nothing: no surface distance
+    _write(tmp_path / "r" / "c.json", {"benchmark": "compare", "provenance": _provenance("seg25d bench compare"),
+                                       "manifest": "data/e/manifest.csv", "budget_minutes": 1, "seed": 0,
+                                       "config": "vessels", "rows": [_compare_row("projection25d", 0.5), empty]})
+    section = _section(render_benchmarks([tmp_path / "r"], tmp_path), "Models on e")
+    assert _row(section, "`unet2d`")[2] == "" and _row(section, "`projection25d`")[2] == "1.50"
+
+
 def test_one_seed_verdict_uses_the_test_volumes_spread(tmp_path):
     # 0.90 against 0.93 with sd 0.01 over 6 volumes each: se of the difference 0.0058, so clearly behind;
     # with sd 0.05 the se is 0.029 and the difference is level
