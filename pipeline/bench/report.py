@@ -363,11 +363,11 @@ def _memory_table(data: dict) -> str:
             for (model, cases, mode), runs in groups.items()]
     ratios = []
     for model, s in data["summary"].items():
-        se = s.get("step_ratio_se")
-        verdict = "" if se is None else " (level with ×1.05)" if abs(s["step_ratio_cache_vs_memory"] - 1.05) < 2 * se \
-            else f" ({'below' if s['step_ratio_cache_vs_memory'] < 1.05 else 'above'} ×1.05)"
-        ratios.append(f"`{model}` ×{_f(s['step_ratio_cache_vs_memory'], 3)}"
-                      + (f" ± {_f(se, 3)} over {s['step_pairs']} pairs" if se is not None else "") + verdict)
+        ratio, se = s["step_ratio_cache_vs_memory"], s.get("step_ratio_se")
+        word = {"level": "level with", "ahead": "below", "behind": "above"}[verdict(1.05 - ratio, se)] \
+            if se is not None else None
+        ratios.append(f"`{model}` ×{_f(ratio, 3)}" + (f" ± {_f(se, 3)} over {s['step_pairs']} pairs ({word} ×1.05)"
+                                                     if word else ""))
     repeats = data.get("repeats", 1)
     return (f"`seg25d train` for {data['steps']} steps on {data['n']} synthetic {shape} vessel volumes and on the "
             f"first {max(1, data['n'] // 10)}, from the preprocessed cache and in memory"
