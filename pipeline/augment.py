@@ -32,7 +32,10 @@ def _uniform(generator: torch.Generator, limit: float) -> float:
 
 
 def _sample_hw(t: torch.Tensor, grid: torch.Tensor, mode: str) -> torch.Tensor:
-    """``grid_sample`` of the (H, W) planes of ``(C, [D,] H, W)`` on one ``(H, W, 2)`` grid, reflecting."""
+    """``grid_sample`` of the (H, W) planes of ``(C, [D,] H, W)`` on one ``(H, W, 2)`` grid, reflecting (masks:
+    bool, ``nearest``)."""
+    if t.dtype == torch.bool:
+        return _sample_hw(t.float(), grid, "nearest") > 0.5
     h, w = t.shape[-2:]
     flat = t.reshape(-1, 1, h, w)
     out = F.grid_sample(flat, grid.to(t.dtype).expand(flat.shape[0], h, w, 2), mode=mode,

@@ -8,13 +8,15 @@ included) and the label declaration, so a changed plan writes a new folder. A ca
 warning. Arrays are written before the index, each through a temporary file renamed into place, so a killed
 run leaves no entry half-written.
 
-Why ``.npy``: numpy reads it memory-mapped with no dependency, a crop touches only its pages, and the format is
-stable and documented; chunked stores (zarr, HDF5) would add a dependency and compression (CPU in the loader)
-for volumes that are read whole or in large crops.
+Why ``.npy``: numpy maps it with no dependency, a slice lies at a known offset (one read, no decoding), and the
+format is stable and documented; chunked stores (zarr, HDF5) would add a dependency and compression (CPU in the
+loader) for volumes that are read whole or a slice at a time.
 
 :class:`CachedCase` stands in for :class:`~seg25d.pipeline.data.Case`: its ``image`` and ``masks`` open the
 files memory-mapped on each access, so a process holds only the pages of the batch it is making, and resident
-memory does not grow with the number of cases.
+memory does not grow with the number of cases. Batches read instead (:meth:`CachedCase.slices`,
+:meth:`CachedCase.arrays`): a read costs less than mapping a file for a slice, and less than faulting in a mapped
+volume one page at a time.
 """
 
 from __future__ import annotations
@@ -118,9 +120,12 @@ class CachedCase:
     def masks(self) -> np.ndarray | None:
         return None if self.masks_path is None else np.load(self.masks_path, mmap_mode="c")
 
+    def arrays(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """``image`` and ``masks`` read whole, one read per file."""
+        return np.load(self.image_path), None if self.masks_path is None else np.load(self.masks_path)
+
     def slices(self, index: list[int], label: int) -> tuple[np.ndarray, np.ndarray]:
-        """``image[:, index]`` and ``masks[:, label]``, read from the files without mapping them (mapping a file
-        per slice costs more than reading it)."""
+        """``image[:, index]`` and ``masks[:, label]``, each slice read at its offset."""
         return read_slices(self.image_path, index), read_slices(self.masks_path, [label])[:, 0]
 
 

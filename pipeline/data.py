@@ -62,6 +62,10 @@ class Case:
     masks: np.ndarray | None
     meta: VolumeMeta
 
+    def arrays(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """``image`` and ``masks``, in memory (a training batch's view of the case)."""
+        return self.image, self.masks
+
     def slices(self, index: list[int], label: int) -> tuple[np.ndarray, np.ndarray]:
         """``image[:, index]`` and ``masks[:, label]``: slices along D."""
         return self.image[:, index], self.masks[:, label]
@@ -148,7 +152,8 @@ class BatchSampler:
     - ``slices``/``stacks``: ``slices_per_step`` slices along D (with ``slices``/``stride`` neighbours as
       channels for stacks), a ``foreground_fraction`` of them from slices holding foreground.
 
-    Returns ``(x, y)`` tensors: ``x`` (N, C', ...) and ``y`` masks (N, K, ...) as float.
+    Returns ``(x, y)`` tensors: ``x`` (N, C', ...) float and ``y`` masks (N, K, ...) bool (a quarter of a float
+    mask's bytes through worker shared memory and to the GPU; the trainer makes them float on its device).
     """
 
     def __init__(self, cases: list[Case], feeding: Feeding, config: dict):
@@ -167,12 +172,27 @@ class BatchSampler:
         items = [self._augmented(x, y, generator) for x, y in items]
         return _pad_stack([x for x, _ in items]), _pad_stack([y for _, y in items])
 
+    def largest_batch_nbytes(self) -> int:
+        """An upper bound of a batch's bytes, ``x`` and ``y`` together (augmentations keep shapes)."""
+        shapes = np.array([c.image.shape for c in self.cases])  # cached cases: read from the file headers
+        channels, size = int(shapes[:, 0].max()), shapes[:, 1:].max(axis=0).tolist()
+        f = self.feeding
+        if f.three_d:
+            n = int(self.train["batch_size"])
+            patch = (self.data.get("patch_size") or []) if f.kind == "patches" else []
+            size = [min(p, s) for p, s in zip(patch, size)] if patch else size
+        else:
+            n, channels, size = int(self.train["slices_per_step"]), channels * f.slices, size[1:]
+        classes = self.cases[0].masks.shape[0]
+        return n * int(np.prod(size)) * (channels * self.cases[0].image.dtype.itemsize + classes)  # masks: bool
+
     def _randint(self, n: int, generator) -> int:
         return int(torch.randint(n, (1,), generator=generator))
 
     def _volume_item(self, generator):
         case = self.cases[self._randint(len(self.cases), generator)]
-        x, y = torch.from_numpy(case.image), torch.from_numpy(case.masks).float()
+        image, masks = case.arrays()
+        x, y = torch.from_numpy(image), torch.from_numpy(masks)
         patch = (self.data.get("patch_size") or []) if self.feeding.kind == "patches" else []
         if patch:
             x, y = self._crop(x, y, [min(p, s) for p, s in zip(patch, x.shape[1:])], generator)
@@ -202,19 +222,20 @@ class BatchSampler:
         index = (stack_indices(self.depths[i], torch.tensor([d]), f.slices, f.stride, f.edge)[0].tolist()
                  if f.kind == "stacks" else [d])
         image, masks = case.slices(index, d)
-        return torch.from_numpy(image.reshape(-1, *image.shape[2:])), torch.from_numpy(masks).float()
+        return torch.from_numpy(image.reshape(-1, *image.shape[2:])), torch.from_numpy(masks)
 
     def _augmented(self, x, y, generator):
         aug = self.augment
         if not aug.get("enabled", True):
             return x, y
         spatial = x.dim() - 1  # 3 for volumes, 2 for slices
+        flips = []
         for axis in aug.get("flip_axes") or []:
             axis = int(axis) - (3 - spatial)  # volume axis (0=D,1=H,2=W) -> trailing dims of a slice
-            if axis < 0:
-                continue
-            if torch.rand((), generator=generator) < 0.5:
-                x, y = x.flip(1 + axis), y.flip(1 + axis)
+            if axis >= 0 and torch.rand((), generator=generator) < 0.5:
+                flips.append(1 + axis)
+        if flips:  # one pass over the data for all the axes drawn
+            x, y = x.flip(flips), y.flip(flips)
         degrees = float(aug.get("rotate_degrees") or 0)
         if degrees:
             angle = math.radians(float((torch.rand((), generator=generator) * 2 - 1) * degrees))
@@ -232,7 +253,9 @@ class BatchSampler:
 
 
 def _rotate_hw(t: torch.Tensor, angle: float, mode: str) -> torch.Tensor:
-    """Rotate the trailing (H, W) plane of ``(C, [D,] H, W)`` about its centre."""
+    """Rotate the trailing (H, W) plane of ``(C, [D,] H, W)`` about its centre (masks: bool, ``nearest``)."""
+    if t.dtype == torch.bool:
+        return _rotate_hw(t.float(), angle, "nearest") > 0.5
     c, s = math.cos(angle), math.sin(angle)
     h, w = t.shape[-2:]
     flat = t.reshape(-1, 1, h, w) if t.dim() == 4 else t[None]
@@ -247,6 +270,8 @@ def _rotate_hw(t: torch.Tensor, angle: float, mode: str) -> torch.Tensor:
 
 def _pad_stack(tensors: list[torch.Tensor]) -> torch.Tensor:
     """Stack tensors of possibly different spatial sizes, zero-padding each at the end to the largest."""
+    if all(t.shape == tensors[0].shape for t in tensors):
+        return torch.stack(tensors)
     shape = [max(s) for s in zip(*(t.shape for t in tensors))]
     out = tensors[0].new_zeros(len(tensors), *shape)
     for i, t in enumerate(tensors):

@@ -363,6 +363,7 @@ class _Trainer:
                 self.model.freeze_unet(False)
                 self.feature_cache.clear()  # the U-Net trains again: cached path-2 features go stale
             x, y = to_device(self.batches.batch(self.step), self.device)  # made ahead by the loader
+            y = y.float()  # masks travel as bool
             net = self.ddp or self.model
             aux = None
             if self.two_paths and self.model.aux_loss:

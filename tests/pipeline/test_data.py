@@ -282,15 +282,19 @@ def test_batch_shapes(family, stack, x_shape, y_shape):
                            _config(train={"batch_size": 3, "slices_per_step": 5}))
     x, y = sampler.batch(step_generator(0, 0))
     assert tuple(x.shape) == x_shape and tuple(y.shape) == y_shape
-    assert x.dtype == torch.float32 and y.dtype == torch.float32
-    assert set(torch.unique(y).tolist()) <= {0.0, 1.0}
+    assert x.dtype == torch.float32 and y.dtype == torch.bool  # masks travel as bool
+    assert x.nbytes + y.nbytes <= sampler.largest_batch_nbytes()
 
 
 def test_volume_batch_pads_to_largest():
     shapes = [(6, 8, 8), (4, 10, 7)]
     cases = [_case(f"c{i}", _encoded(s) + 1, np.ones((1, *s), bool)) for i, s in enumerate(shapes)]
-    x, y = BatchSampler(cases, Feeding("volume"), _config(train={"batch_size": 8})).batch(step_generator(0, 0))
+    sampler = BatchSampler(cases, Feeding("volume"), _config(train={"batch_size": 8}))
+    x, y = sampler.batch(step_generator(0, 0))
     assert tuple(x.shape) == (8, 1, 6, 10, 8)
+    assert sampler.largest_batch_nbytes() == 8 * 6 * 10 * 8 * (4 + 1)  # float32 image, bool mask
+    config = _config(train={"batch_size": 2}, data={"patch_size": [5, 9, 20]})
+    assert BatchSampler(cases, Feeding("patches"), config).largest_batch_nbytes() == 2 * 5 * 9 * 8 * (4 + 1)
     drawn = set()
     for xi, yi in zip(x, y):
         s = next(s for s in shapes if float(xi[0, s[0] - 1, s[1] - 1, s[2] - 1]) == _encoded(s)[0, -1, -1, -1] + 1)

@@ -13,7 +13,7 @@ from seg25d.pipeline.cache import prepare_data
 from seg25d.pipeline.config import DEFAULTS, load_config
 from seg25d.pipeline.data import BatchSampler, step_generator
 from seg25d.pipeline.errors import InputError
-from seg25d.pipeline.loader import BatchLoader, default_workers, resolve_workers
+from seg25d.pipeline.loader import BatchLoader, SlotBatch, Slots, StepBatch, default_workers, resolve_workers
 from seg25d.pipeline.training import _load_data, train
 
 FAMILIES = {"slices": Feeding("slices"), "stacks": Feeding("stacks", slices=3), "volume": Feeding("volume"),
@@ -59,6 +59,37 @@ def test_batches_equal_the_in_process_batches(data, family, workers):
         assert torch.equal(x, rx) and torch.equal(y, ry), step
         assert loader.data_seconds >= 0
     loader.close()
+
+
+@pytest.mark.parametrize("family", ["volume", "slices"])
+def test_worker_slots_are_reused_without_mixing_batches(data, family):
+    """Twenty steps through two workers' slots (three each): every slot written several times, every batch whole."""
+    config, _, cached = data
+    sampler = BatchSampler(cached, FAMILIES[family], config)
+    loader = BatchLoader(sampler, seed=1, rank=0, start=0, stop=20, workers=2)
+    for step in range(20):
+        x, y = loader.batch(step)
+        rx, ry = _trainer_batch(sampler, 1, step, 0)
+        assert torch.equal(x, rx) and torch.equal(y, ry), step
+    assert (loader.dataset.slots.stamps >= 14).all()  # each of the 6 slots holds one of the last steps
+    loader.close()
+
+
+def test_slots_copy_out_fall_back_and_catch_an_overwrite():
+    slots = Slots(workers=1, depth=2, nbytes=100)
+    x, y = torch.arange(12.0).view(3, 4), torch.tensor([True, False, True])
+    first = slots.put(0, 7, x, y)
+    assert isinstance(first, SlotBatch)
+    tx, ty = slots.take(first)
+    assert torch.equal(tx, x) and torch.equal(ty, y)
+    tx.zero_()  # a copy: the slot keeps the batch
+    assert torch.equal(slots.take(first)[0], x)
+    large = slots.put(0, 8, torch.zeros(100), y)
+    assert isinstance(large, StepBatch) and large.x.shape == (100,)  # too large for a slot: sent as it is
+    slots.put(0, 9, x, y)
+    slots.put(0, 10, x + 1, y)  # the third batch in two slots lands where step 7 was
+    with pytest.raises(RuntimeError, match="slot 0 holds step 10, not step 7"):
+        slots.take(first)
 
 
 @pytest.mark.parametrize("workers", [0, 2])
