@@ -173,18 +173,20 @@ class BatchLoader:
         start = time.perf_counter()
         if not self.workers:
             item = self.dataset[step - self.dataset.start]
-            x, y = (item.x.pin_memory(), item.y.pin_memory()) if self.pin_memory else (item.x, item.y)
         else:
             if self._iterator is None:
                 self.dataset.slots = Slots(self.workers, self.prefetch + 1, self.dataset.sampler.largest_batch_nbytes())
                 self._iterator = iter(DataLoader(
                     self.dataset, batch_size=None, shuffle=False, num_workers=self.workers,
-                    pin_memory=self.pin_memory, prefetch_factor=self.prefetch, worker_init_fn=_lower_priority,
+                    prefetch_factor=self.prefetch, worker_init_fn=_lower_priority,
                     generator=torch.Generator().manual_seed(0)))  # leaves torch's global generator alone
             item = next(self._iterator)
             while item.step < step:
                 item = next(self._iterator)
-            x, y = self.dataset.slots.take(item, self.pin_memory) if isinstance(item, SlotBatch) else (item.x, item.y)
+        if isinstance(item, SlotBatch):
+            x, y = self.dataset.slots.take(item, self.pin_memory)
+        else:
+            x, y = (item.x.pin_memory(), item.y.pin_memory()) if self.pin_memory else (item.x, item.y)
         self.data_seconds = time.perf_counter() - start
         self._next = step + 1
         return x, y

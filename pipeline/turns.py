@@ -20,7 +20,7 @@ import os
 import subprocess
 import time
 from pathlib import Path
-from typing import NamedTuple, TextIO
+from typing import Callable, NamedTuple, TextIO
 
 from seg25d.pipeline.callbacks import TrainerCallback
 
@@ -87,23 +87,28 @@ class _Player:
             self.send.close()
 
 
-def run_in_turns(commands: list[list[str]], logs: list[Path], turn_seconds: float,
-                 env: dict | None = None) -> list[Outcome]:
+def run_in_turns(commands: list[list[str]], logs: list[Path], turn_seconds: float, env: dict | None = None,
+                 started: Callable[[subprocess.Popen], None] | None = None) -> list[Outcome]:
     """Run training ``commands`` (stderr to ``logs``, ``env`` added to the environment) in turns of
-    ``turn_seconds``; ``turn_seconds <= 0`` runs them one after the other instead."""
+    ``turn_seconds``; ``turn_seconds <= 0`` runs them one after the other instead. ``started`` is called with
+    each process as it starts (the memory benchmark watches them)."""
     env = {**os.environ, **(env or {})}
+    started = started or (lambda process: None)
     if turn_seconds <= 0:
         results = []
         for command, log in zip(commands, logs):
             start = time.perf_counter()
             with Path(log).open("w") as err:
-                status = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=err, env=env).returncode
+                process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err, env=env)
+                started(process)
+                status = process.wait()
             results.append(Outcome(status, time.perf_counter() - start, 0))
         return results
     players: list[_Player] = []
     try:
         for command, log in zip(commands, logs):
             players.append(_start(command, Path(log), env))
+            started(players[-1].process)
         for player in players:  # every trainer has loaded its data and waits for a first turn
             player.await_turn_end()
         while active := [p for p in players if not p.done]:

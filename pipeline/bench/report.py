@@ -352,32 +352,25 @@ def _kaggle_cv_table(data: dict) -> str:
 def _memory_table(data: dict) -> str:
     p = data["preprocess"]
     shape = " × ".join(map(str, data["shape"]))
-    groups: dict[tuple, list[dict]] = {}
-    for run in data["runs"]:
-        groups.setdefault((run["model"], run["cases"], run["mode"]), []).append(run)
+    few = max(1, data["n"] // 10)
     head = ["model", "cases", "loading", "peak RSS MiB", "peak PSS MiB", "step s", "data wait s"]
-    rows = [[f"`{model}`", str(cases), f"cache, {runs[0]['workers']} workers" if mode == "cache" else "in memory",
-             _f(max(r["peak_rss_mb"] for r in runs), 0), _f(max(r["peak_pss_mb"] for r in runs), 0),
-             _f(statistics.mean(r["step_seconds"] for r in runs), 3),
-             _f(statistics.mean(r["data_seconds"] for r in runs), 3)]
-            for (model, cases, mode), runs in groups.items()]
+    rows = [[f"`{r['model']}`", str(r["cases"]), f"cache, {r['workers']} workers" if r["mode"] == "cache" else "in memory",
+             _f(r["peak_rss_mb"], 0), _f(r["peak_pss_mb"], 0), _f(r["step_seconds"], 3), _f(r["data_seconds"], 3)]
+            for r in data["runs"]]
     ratios = []
     for model, s in data["summary"].items():
         ratio, se = s["step_ratio_cache_vs_memory"], s.get("step_ratio_se")
         word = {"level": "level with", "ahead": "below", "behind": "above"}[verdict(1.05 - ratio, se)] \
             if se is not None else None
-        ratios.append(f"`{model}` ×{_f(ratio, 3)}" + (f" ± {_f(se, 3)} over {s['step_pairs']} pairs ({word} ×1.05)"
-                                                     if word else ""))
-    repeats = data.get("repeats", 1)
+        ratios.append(f"`{model}` ×{_f(ratio, 3)}" + (f" ± {_f(se, 3)} ({word} ×1.05)" if word else ""))
     return (f"`seg25d train` for {data['steps']} steps on {data['n']} synthetic {shape} vessel volumes and on the "
-            f"first {max(1, data['n'] // 10)}, from the preprocessed cache and in memory"
-            + (f", {repeats} times each, alternating which mode runs first" if repeats > 1 else "")
-            + ". Memory is the whole process tree's (workers included; the peak over the repeats), sampled from "
-            "/proc; PSS counts pages shared between the trainer and its workers once. Step and data-wait times are "
-            "the mean of the runs' medians. Preprocessing the cache: "
+            f"first {few}, from the preprocessed cache and in memory, each run alone. Memory is the whole process "
+            "tree's (workers included), sampled from /proc; PSS counts pages shared between the trainer and its "
+            "workers once. Step and data-wait times are medians over the run's steps. Preprocessing the cache: "
             f"{_f(p['cases_per_second'], 2)} cases/s, {_f(p['cache_mb'], 0)} MiB on disk.\n\n" + _table(head, rows)
-            + ("\n\nStep time from the cache over step time in memory, paired runs on the same cases: "
-               + "; ".join(ratios) + "." if ratios else ""))
+            + f"\n\nStep time from the cache over step time in memory, mean ± standard error of {data['repeats']} "
+            f"pairs of runs on the first {few} cases, the two modes training in turns of a few seconds so that both "
+            "meet the shared machine's fast and slow minutes: " + "; ".join(ratios) + ".")
 
 
 def _demo_table(data: dict) -> str:

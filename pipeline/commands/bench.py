@@ -87,7 +87,7 @@ def register(subparsers) -> None:
     memory.add_argument("--models", nargs="+", default=["projection25d", "unet2d"])
     memory.add_argument("--workers", type=int, default=2, help="loader workers of the cached runs (default 2)")
     memory.add_argument("--repeats", type=int, default=1,
-                        help="pairs of runs per model and case count, alternating which mode goes first (default 1)")
+                        help="step-time pairs per model, the two modes trained in turns (default 1)")
     memory.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="extra config override for every run")
     memory.add_argument("--out", type=Path, required=True, help="folder for data, cache, runs, memory.csv/json")

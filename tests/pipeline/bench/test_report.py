@@ -160,42 +160,26 @@ def test_scaling_operators_and_demo_tables_hold_the_files_numbers(tmp_path):
     assert "notes.json" not in text
 
 
-def test_memory_table_holds_the_files_numbers(tmp_path):
+def test_memory_table_holds_the_files_numbers_and_words_the_step_ratio(tmp_path):
     runs = [{"model": "unet2d", "cases": 4, "mode": "cache", "workers": 2, "peak_rss_mb": 1329.4, "peak_pss_mb": 513.2,
              "step_seconds": 0.0961, "data_seconds": 0.0043},
             {"model": "unet2d", "cases": 40, "mode": "memory", "workers": 0, "peak_rss_mb": 729.0, "peak_pss_mb": 530.0,
              "step_seconds": 0.073, "data_seconds": 0.049}]
-    _write(tmp_path / "r" / "memory.json", {
-        "benchmark": "memory", "provenance": _provenance("seg25d bench memory --n 40"), "n": 40, "shape": [64, 64, 64],
-        "steps": 6, "workers": 2, "models": ["unet2d"], "summary": {}, "runs": runs,
-        "preprocess": {"cases": 40, "built": 40, "seconds": 3.9, "cases_per_second": 10.256, "cache_mb": 50.2}})
-    memory = _section(render_benchmarks([tmp_path / "r"], tmp_path), "Training memory")
-    assert "| `unet2d` | 4 | cache, 2 workers | 1329 | 513 | 0.096 | 0.004 |" in memory
-    assert "| `unet2d` | 40 | in memory | 729 | 530 | 0.073 | 0.049 |" in memory
-    assert "10.26 cases/s, 50 MiB on disk" in memory and "64 × 64 × 64" in memory
-
-
-def test_memory_table_averages_repeats_and_states_the_step_ratio(tmp_path):
-    def run(mode, repeat, step, pss):
-        return {"model": "unet2d", "cases": 40, "mode": mode, "repeat": repeat, "workers": 2 if mode == "cache" else 0,
-                "peak_rss_mb": pss + 100, "peak_pss_mb": pss, "step_seconds": step, "data_seconds": 0.01}
-
-    runs = [run("cache", 0, 0.50, 900), run("memory", 0, 0.48, 950), run("memory", 1, 0.52, 960),
-            run("cache", 1, 0.53, 905)]
     ratios = np.array([0.50 / 0.48, 0.53 / 0.52])
     summary = {"unet2d": {"step_ratio_cache_vs_memory": round(ratios.mean(), 3),
                           "step_ratio_se": round(ratios.std(ddof=1) / math.sqrt(2), 3), "step_pairs": 2}}
     _write(tmp_path / "r" / "memory.json", {
-        "benchmark": "memory", "provenance": _provenance("seg25d bench memory --repeats 2"), "n": 400,
+        "benchmark": "memory", "provenance": _provenance("seg25d bench memory --n 40 --repeats 2"), "n": 40,
         "shape": [64, 64, 64], "steps": 6, "workers": 2, "repeats": 2, "models": ["unet2d"], "summary": summary,
-        "runs": runs, "preprocess": {"cases": 40, "built": 40, "seconds": 3.9, "cases_per_second": 10.0,
-                                     "cache_mb": 50.2}})
+        "runs": runs, "pairs": [], "preprocess": {"cases": 40, "built": 40, "seconds": 3.9, "cases_per_second": 10.256,
+                                                 "cache_mb": 50.2}})
     memory = _section(render_benchmarks([tmp_path / "r"], tmp_path), "Training memory")
-    assert "| `unet2d` | 40 | cache, 2 workers | 1005 | 905 | 0.515 | 0.010 |" in memory  # peak, mean
-    assert "| `unet2d` | 40 | in memory | 1060 | 960 | 0.500 | 0.010 |" in memory
-    assert "2 times each, alternating which mode runs first" in memory
-    assert f"`unet2d` ×{ratios.mean():.3f} ± {ratios.std(ddof=1) / math.sqrt(2):.3f} over 2 pairs" in memory
-    assert "(level with ×1.05)" in memory  # 1.030 ± 0.011: within two standard errors of 1.05
+    assert "| `unet2d` | 4 | cache, 2 workers | 1329 | 513 | 0.096 | 0.004 |" in memory
+    assert "| `unet2d` | 40 | in memory | 729 | 530 | 0.073 | 0.049 |" in memory
+    assert "10.26 cases/s, 50 MiB on disk" in memory and "64 × 64 × 64" in memory
+    assert "standard error of 2 pairs of runs on the first 4 cases" in memory
+    assert f"`unet2d` ×{ratios.mean():.3f} ± {ratios.std(ddof=1) / math.sqrt(2):.3f} (level with ×1.05)" in memory
+    # 1.030 ± 0.011: within two standard errors of 1.05
 
 
 def test_command_writes_the_page_and_names_a_missing_folder(tmp_path, capsys):
