@@ -128,14 +128,14 @@ def resolve_workers(setting, world: int = 1) -> int:
 class StepBatches(Dataset):
     """The batches of steps ``start``, ``start + 1``, ... ``stop - 1`` (item ``i`` is step ``start + i``)."""
 
-    def __init__(self, sampler: BatchSampler, seed: int, rank: int, start: int, stop: int, slots: Slots | None = None):
+    def __init__(self, sampler: BatchSampler, seed: int, rank: int, start: int, stop: int):
         self.sampler, self.seed, self.rank, self.start, self.stop = sampler, int(seed), int(rank), int(start), int(stop)
-        self.slots = slots
+        self.slots: Slots | None = None  # set by the loader before its workers start
 
     def __len__(self) -> int:
         return max(0, self.stop - self.start)
 
-    def __getitem__(self, i: int) -> StepBatch:
+    def __getitem__(self, i: int) -> StepBatch | SlotBatch:
         step = self.start + int(i)
         generator = step_generator(self.seed, step, self.rank)
         torch.randint(2**62, (1,), generator=generator)  # the trainer's first draw: the model's seed for the step

@@ -365,8 +365,8 @@ def _memory_table(data: dict) -> str:
         ratios.append(f"`{model}` ×{_f(ratio, 3)}" + (f" ± {_f(se, 3)} ({word} ×1.05)" if word else ""))
     return (f"`seg25d train` for {data['steps']} steps on {data['n']} synthetic {shape} vessel volumes and on the "
             f"first {few}, from the preprocessed cache and in memory, each run alone. Memory is the whole process "
-            "tree's (workers included), sampled from /proc; PSS counts pages shared between the trainer and its "
-            "workers once. Step and data-wait times are medians over the run's steps. Preprocessing the cache: "
+            "tree's (workers included), sampled from /proc: RSS counts the pages the processes share (torch's "
+            "libraries, what workers inherit at fork) in each of them, PSS counts them once. Step and data-wait times are medians over the run's steps. Preprocessing the cache: "
             f"{_f(p['cases_per_second'], 2)} cases/s, {_f(p['cache_mb'], 0)} MiB on disk.\n\n" + _table(head, rows)
             + f"\n\nStep time from the cache over step time in memory, mean ± standard error of {data['repeats']} "
             f"pairs of runs on the first {few} cases, the two modes training in turns of a few seconds so that both "
