@@ -100,8 +100,13 @@ def run_in_turns(commands: list[list[str]], logs: list[Path], turn_seconds: floa
             start = time.perf_counter()
             with Path(log).open("w") as err:
                 process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err, env=env)
-                started(process)
-                status = process.wait()
+                try:
+                    started(process)
+                    status = process.wait()
+                except BaseException:  # interrupted: leave no trainer behind
+                    process.kill()
+                    process.wait()
+                    raise
             results.append(Outcome(status, time.perf_counter() - start, 0))
         return results
     players: list[_Player] = []

@@ -23,7 +23,6 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -155,7 +154,7 @@ def bench_memory(out: str | os.PathLike, n: int = 400, shape=(128, 128, 128), st
                  overrides: tuple[str, ...] = (), repeats: int = 1) -> dict:
     """Run the benchmark (see the module docstring) into ``out``: ``memory.csv`` (one row per run alone) and
     ``memory.json`` (those runs, the ``repeats`` step-time pairs in turns, preprocessing throughput, cache size
-    and the ratios the issue asks about; the step-time ratio is the mean of the pairs')."""
+    and the ratios the issue asks about; the step-time ratio is the mean over the pairs)."""
     from seg25d.pipeline.cache import CacheStats, prepare_data
     from seg25d.pipeline.config import load_config
 
