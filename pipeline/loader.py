@@ -61,8 +61,8 @@ class Slots:
 
     def __init__(self, workers: int, depth: int, nbytes: int):
         self.depth, self.nbytes = int(depth), _aligned(nbytes)
-        self.data = torch.empty(workers * self.depth, self.nbytes, dtype=torch.uint8).share_memory_()
-        self.stamps = torch.full((workers * self.depth,), -1, dtype=torch.int64).share_memory_()
+        self.data = torch.empty(workers * self.depth, self.nbytes, dtype=torch.uint8, device="cpu").share_memory_()
+        self.stamps = torch.full((workers * self.depth,), -1, dtype=torch.int64, device="cpu").share_memory_()
         self.written = 0  # batches written by this process (each forked worker counts its own)
 
     def _views(self, slot: int, x: tuple, y: tuple) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,7 +90,7 @@ class Slots:
     def take(self, batch: SlotBatch, pin_memory: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Copies of the batch in ``batch.slot`` (pinned toward a GPU)."""
         self._check(batch)
-        x, y = (torch.empty(v.shape, dtype=v.dtype, pin_memory=pin_memory).copy_(v)
+        x, y = (torch.empty(v.shape, dtype=v.dtype, device="cpu", pin_memory=pin_memory).copy_(v)
                 for v in self._views(batch.slot, batch.x, batch.y))
         self._check(batch)
         return x, y
