@@ -27,7 +27,7 @@ from seg25d.pipeline.memory import ENV as STEP_MEMORY_ENV
 from seg25d.pipeline.provenance import provenance
 from seg25d.pipeline.turns import TURN_SECONDS, run_in_turns
 
-__all__ = ["bench_compare", "run_entries", "DEFAULT_MODELS", "markdown_table"]
+__all__ = ["bench_compare", "parse_model_spec", "run_entries", "DEFAULT_MODELS", "markdown_table"]
 
 log = logging.getLogger(__name__)
 DEFAULT_MODELS = ("projection25d", "slicestack25d", "unet2d", "unet3d", "monai_unet")
@@ -92,7 +92,8 @@ def bench_compare(manifest, budget_minutes: float, out_dir, models=DEFAULT_MODEL
     """Train, predict and evaluate each model; writes compare.csv, compare.json and compare.md in ``out_dir``.
 
     Models train with the preset's loss, data and schedule; the preset's own model with the preset's model
-    options, the others with ``BENCH_OPTIONS`` or their defaults. With ``encoder``, each model with a 2D U-Net
+    options, the others with ``BENCH_OPTIONS`` or their defaults; a model given as ``NAME:KEY=VALUE,...`` trains
+    with those options changed (see :func:`parse_model_spec`). With ``encoder``, each model with a 2D U-Net
     also trains as "MODEL ENCODER", its U-Net on that encoder with random weights.
     """
     from seg25d.models.encoders import ENCODER_OPTIONS, with_encoder
@@ -101,17 +102,35 @@ def bench_compare(manifest, budget_minutes: float, out_dir, models=DEFAULT_MODEL
 
     preset_model = load_config(config)["model"]
     entries = []
-    for model in models:
+    for spec in models:
+        model, changes = parse_model_spec(spec)
         if model == "monai_unet" and not _monai_available():
             log.warning("monai is not installed: skipping monai_unet")
             continue
         own = model == preset_model["name"]
-        entries.append((model, model, None if own else BENCH_OPTIONS.get(model, {}), ()))
+        base = preset_model["options"] if own else BENCH_OPTIONS.get(model, {})
+        label = " ".join([model, *(f"{key}={_toml(value)}" for key, value in changes.items())])
+        entries.append((label, model, {**base, **changes} if changes else (None if own else base), ()))
         if encoder and model in ENCODER_OPTIONS:
-            base = preset_model["options"] if own else BENCH_OPTIONS.get(model, {})
-            entries.append((f"{model} {encoder}", model, with_encoder(model, base, encoder), ()))
+            entries.append((f"{label} {encoder}", model, with_encoder(model, {**base, **changes}, encoder), ()))
     return run_entries(entries, manifest, budget_minutes, out_dir, seed, config, extra, name="compare",
                        turn_seconds=turn_seconds)
+
+
+def parse_model_spec(spec: str) -> tuple[str, dict]:
+    """``"NAME"`` or ``"NAME:KEY=VALUE,..."`` (values as JSON, else text) into the model's name and the options
+    that replace its benchmark defaults, e.g. ``"projection25d:scale=1"``."""
+    name, _, rest = spec.partition(":")
+    changes = {}
+    for item in filter(None, rest.split(",")):
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError(spec, f"model option {item!r} is not KEY=VALUE")
+        try:
+            changes[key.strip()] = json.loads(text)
+        except json.JSONDecodeError:
+            changes[key.strip()] = text
+    return name.strip(), changes
 
 
 def run_entries(entries, manifest, budget_minutes: float, out_dir, seed: int, config: str, extra: tuple,

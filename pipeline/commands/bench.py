@@ -33,7 +33,9 @@ def register(subparsers) -> None:
     compare = sub.add_parser("compare", help="train every model under the same time budget, then test")
     compare.add_argument("--manifest", type=Path, required=True, help="manifest with train, val and test splits")
     compare.add_argument("--budget-minutes", type=float, required=True, help="training time per model")
-    compare.add_argument("--models", nargs="+", help="default: projection25d slicestack25d unet2d unet3d monai_unet")
+    compare.add_argument("--models", nargs="+", metavar="NAME[:KEY=VALUE,...]",
+                         help="default: projection25d slicestack25d unet2d unet3d monai_unet; options after a colon "
+                              "change that entry's model options, e.g. projection25d:scale=1")
     compare.add_argument("--out", type=Path, required=True, help="folder for runs and compare.csv/json/md")
     compare.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     compare.add_argument("--config", default="vessels", help="training preset or TOML (default: vessels)")

@@ -91,6 +91,21 @@ def test_scaling_figure_marks_failed_runs(tmp_path):
     assert np.isfinite(frame.loc[frame.status == "ok", "step_seconds"]).all()
 
 
+def test_compare_model_specs_change_options_over_the_benchmark_defaults(monkeypatch, tmp_path):
+    seen = {}
+    monkeypatch.setattr(compare, "run_entries", lambda entries, *args, **kw: seen.setdefault("entries", entries))
+    compare.bench_compare("m.csv", 1, tmp_path, ["projection25d", "projection25d:scale=1", "unet2d",
+                                                 "slicestack25d:slices=5,backbone=unet2d"], config="gi")
+    labels, options = zip(*[(label, opts) for label, _, opts, _ in seen["entries"]])
+    assert labels == ("projection25d", "projection25d scale=1", "unet2d", 'slicestack25d slices=5 backbone="unet2d"')
+    assert options[0] == {"preset": "default", "scale": "auto"} and options[1] == {"preset": "default", "scale": 1}
+    assert options[2] == {}
+    assert options[3]["slices"] == 5 and options[3]["stride"] == 2  # the preset's own model keeps its other options
+    assert compare.parse_model_spec("unet2d") == ("unet2d", {})
+    with pytest.raises(InputError, match="'depth' is not KEY=VALUE"):
+        compare.parse_model_spec("unet2d:depth")
+
+
 def test_ablation_runs_the_chosen_entries_in_ladder_order(monkeypatch, tmp_path):
     from seg25d.pipeline.bench import ablation
 
