@@ -5,9 +5,9 @@ take turns on the machine (:mod:`seg25d.pipeline.turns`: a few seconds of steps 
 first), so that every model meets the shared machine's fast and slow minutes alike; ``turn_seconds=0`` trains
 them one after the other. Then each model predicts the test split in this process (the time per volume counts
 only the model's work, not start-up) and is evaluated. Reported per model: per-class Dice and HD95 on the test
-split, training steps done, the median training-step time, the peak extra resident memory of a training step
-and of an inference (measured in a fresh process, see :mod:`seg25d.pipeline.memory`), inference seconds per
-volume.
+split (and the competition score where the labels are the UW-Madison GI organs), training steps done, the
+median training-step time, the peak extra resident memory of a training step and of an inference (measured in a
+fresh process, see :mod:`seg25d.pipeline.memory`), inference seconds per volume.
 """
 
 from __future__ import annotations
@@ -175,6 +175,9 @@ def run_entries(entries, manifest, budget_minutes: float, out_dir, seed: int, co
                "step_seconds": float(steps.step_seconds.median()), "peak_extra_mb": memory["step_peak_extra_mb"],
                "infer_peak_extra_mb": memory["infer_peak_extra_mb"], "infer_seconds_per_volume": infer,
                "parameters": _parameters(checkpoint), "cases": int(scores.case_id.nunique())}
+        kaggle = _kaggle_score(base / "predictions", manifest)
+        if kaggle is not None:
+            row["kaggle_score"] = kaggle
         for cls, group in scores.dropna(subset=["class"]).groupby("class"):
             row[f"dice_{cls}"] = float(group.dice.mean())
             row[f"dice_sd_{cls}"] = float(group.dice.std())
@@ -194,6 +197,30 @@ def run_entries(entries, manifest, budget_minutes: float, out_dir, seed: int, co
 
 def _slug(label: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in label).strip("_").lower()
+
+
+def _kaggle_score(pred_dir: Path, manifest: Path) -> float | None:
+    """The UW-Madison competition score of the test split's predictions when the labels are its three organs
+    (``kaggle import``), else None."""
+    from seg25d.pipeline.evaluate import find_prediction
+    from seg25d.pipeline.io import read_volume
+    from seg25d.pipeline.kaggle.layout import CLASSES
+    from seg25d.pipeline.kaggle.score import score_volumes
+    from seg25d.pipeline.manifest import label_spec_or_infer, read_manifest
+
+    rows = read_manifest(manifest)
+    rows = rows[(rows["split"] == "test") & rows["label"].notna()]
+    spec = label_spec_or_infer(manifest, rows)
+    if list(spec.classes) != list(CLASSES):
+        return None
+
+    def pairs():  # imported volumes are (slices, rows, columns), the layout the score reads
+        for case in rows.itertuples(index=False):
+            label = Path(case.label)
+            yield (spec.masks(read_volume(label).array),
+                   spec.masks(read_volume(find_prediction(pred_dir, str(case.case_id), label)).array))
+
+    return float(score_volumes(pairs())["score"])
 
 
 def _step_memory(checkpoint: Path, manifest: Path, device: str) -> dict:
@@ -226,13 +253,16 @@ def markdown_table(frame: pd.DataFrame, budget_minutes: float) -> str:
     """The comparison as a Markdown table, best Dice first, with the winner marked."""
     dice_cols = [c for c in frame.columns if c.startswith("dice_") and not c.startswith("dice_sd_")]
     frame = frame.sort_values(dice_cols[0], ascending=False) if dice_cols else frame
+    kaggle = "kaggle_score" in frame
     head = ["model", *[f"Dice {c[5:]} (mean ± sd)" for c in dice_cols], *[f"HD95 {c[5:]} mm" for c in dice_cols],
-            "steps", "step s", "peak extra MiB", "inference s/volume", "parameters"]
+            *(["Kaggle score"] if kaggle else []), "steps", "step s", "peak extra MiB", "inference s/volume",
+            "parameters"]
     lines = [f"Training budget {budget_minutes:g} min per model, same split and seed.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, r in frame.iterrows():
         cells = [r.model, *[f"{r[c]:.3f} ± {r['dice_sd_' + c[5:]]:.3f}" for c in dice_cols],
-                 *[f"{r['hd95_' + c[5:]]:.2f}" for c in dice_cols], str(int(r.steps)), f"{r.step_seconds:.3f}",
+                 *[f"{r['hd95_' + c[5:]]:.2f}" for c in dice_cols], *([f"{r.kaggle_score:.3f}"] if kaggle else []),
+                 str(int(r.steps)), f"{r.step_seconds:.3f}",
                  f"{r.peak_extra_mb:.0f}", f"{r.infer_seconds_per_volume:.2f}", f"{int(r.parameters):,}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -206,8 +206,10 @@ def _compare_table(results: list[Result], ablation: bool) -> str:
 
     spread = f"mean ± standard error over {seeds} seeds" if seeds > 1 else "mean ± sd over the test volumes"
     names = [c.replace("_", " ") for c in classes]
-    head = ["entry" if ablation else "model", *[f"Dice {c}" for c in names], *[f"HD95 {c} mm" for c in names], "steps",
-            "step s", "peak extra MiB", "inference s/volume", f"vs `{reference}`"]
+    kaggle = all("kaggle_score" in row for run in runs for row in run.values())
+    head = ["entry" if ablation else "model", *[f"Dice {c}" for c in names], *[f"HD95 {c} mm" for c in names],
+            *(["Kaggle score"] if kaggle else []), "steps", "step s", "peak extra MiB", "inference s/volume",
+            f"vs `{reference}`"]
     if ablation:
         from seg25d.pipeline.bench.ablation import ABLATIONS
 
@@ -224,11 +226,14 @@ def _compare_table(results: list[Result], ablation: bool) -> str:
             mean, se = _mean_se(values)
             cells.append(f"{mean:.3f} ± {(se if seeds > 1 else per_seed[0][f'dice_sd_{c}']):.3f}")
         cells += [_f(_mean_of_measured(row[f"hd95_{c}"] for row in per_seed), 2) for c in classes]
+        if kaggle:
+            mean, se = _mean_se([row["kaggle_score"] for row in per_seed])
+            cells.append(f"{mean:.3f} ± {se:.3f}" if seeds > 1 else f"{mean:.3f}")
         cells += [str(round(statistics.fmean(row["steps"] for row in per_seed))),
                   _f(statistics.fmean(row["step_seconds"] for row in per_seed), 3),
                   _f(statistics.fmean(row["peak_extra_mb"] for row in per_seed), 0),
                   _f(statistics.fmean(row["infer_seconds_per_volume"] for row in per_seed), 2)]
-        against = (None if ablation else _base_model(label, labels)) or reference  # "MODEL ENCODER": vs MODEL
+        against = (None if ablation else _base_model(label, labels)) or reference  # "MODEL ...": vs MODEL
         if label == against:
             cells.append("reference")
         else:
@@ -251,7 +256,7 @@ def _mean_of_measured(values) -> float | None:
 
 
 def _base_model(label: str, labels: list[str]) -> str | None:
-    """``MODEL`` for an entry ``MODEL ENCODER`` of ``bench compare --encoder`` when MODEL ran too."""
+    """``MODEL`` for a variant ``MODEL ENCODER`` or ``MODEL KEY=VALUE`` of ``bench compare`` when MODEL ran too."""
     base = label.split(" ")[0]
     return base if base != label and base in labels else None
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import pandas as pd
@@ -32,6 +33,7 @@ __all__ = [
     "HAUSDORFF_VOLUME_CHOICES",
     "normalized_hausdorff",
     "score_submission",
+    "score_volumes",
     "truth_to_submission",
 ]
 
@@ -93,19 +95,14 @@ def score_submission(submission_csv: str | os.PathLike, truth_csv: str | os.Path
     Raises:
         InputError: a submission row missing or unknown (naming the id), bad RLE, a truth id with no image.
     """
-    if empty_dice not in EMPTY_DICE_CHOICES:
-        raise ValueError(f"empty_dice must be one of {EMPTY_DICE_CHOICES}, got {empty_dice!r}")
-    if hausdorff_volume not in HAUSDORFF_VOLUME_CHOICES:
-        raise ValueError(f"hausdorff_volume must be one of {HAUSDORFF_VOLUME_CHOICES}, got {hausdorff_volume!r}")
+    _Terms(empty_dice, hausdorff_volume)  # bad conventions fail before any file is read
     truth = read_rle_csv(truth_csv, "segmentation")
     submission = read_rle_csv(submission_csv, "predicted")
     _check_rows_match(truth, submission, Path(submission_csv), Path(truth_csv))
 
     case_days = {c.name: c for c in scan_case_days(root, split)}
     submission_groups = dict(tuple(submission.groupby("case_day", sort=False)))
-    dice_values: list[float] = []
-    dice_classes: list[int] = []
-    hausdorff_values: list[float] = []
+    terms = _Terms(empty_dice, hausdorff_volume)
     for name, truth_rows in truth.groupby("case_day", sort=True):
         case_day = case_days.get(name)
         if case_day is None:
@@ -113,47 +110,83 @@ def score_submission(submission_csv: str | os.PathLike, truth_csv: str | os.Path
                                                       f"(no folder {case_day_folder(name)})")
         true_masks = stack_masks(case_day, truth_rows, "segmentation", require_all_slices=False)
         pred_masks = stack_masks(case_day, submission_groups[name], "predicted", require_all_slices=False)
-
-        # Dice per truth row, from per-slice voxel counts.
         index = {n: k for k, n in enumerate(case_day.slice_numbers)}
-        c = np.array([CLASSES.index(v) for v in truth_rows["class"]])
-        k = np.array([index[int(v)] for v in truth_rows["slice"]])
-        n_true = true_masks.sum(axis=(2, 3))[c, k]
-        n_pred = pred_masks.sum(axis=(2, 3))[c, k]
-        n_both = (true_masks & pred_masks).sum(axis=(2, 3))[c, k]
+        classes = np.array([CLASSES.index(v) for v in truth_rows["class"]])
+        slices = np.array([index[int(v)] for v in truth_rows["slice"]])
+        terms.add(true_masks, pred_masks, classes, slices)
+    return {**terms.result(), "n_rows": int(len(truth)), "n_case_days": int(truth["case_day"].nunique())}
+
+
+def score_volumes(pairs: Iterable[tuple[np.ndarray, np.ndarray]], empty_dice: str = "skip",
+                  hausdorff_volume: str = "union") -> dict:
+    """The competition score of whole case-days given as arrays, every slice of every organ a truth row (as in
+    train.csv): the same conventions as :func:`score_submission`.
+
+    Args:
+        pairs: per case-day ``(truth, prediction)``, boolean ``(3, D, H, W)`` in :data:`CLASSES` order, slices
+            along D.
+
+    Returns:
+        ``score``, ``dice``, ``hausdorff``, ``dice_per_class``, ``n_rows``, ``n_dice_rows``, ``n_case_days``,
+        ``n_hausdorff_volumes`` and ``conventions``.
+    """
+    terms = _Terms(empty_dice, hausdorff_volume)
+    n_rows = n_case_days = 0
+    for truth, pred in pairs:
+        truth, pred = np.asarray(truth, dtype=bool), np.asarray(pred, dtype=bool)
+        if truth.shape != pred.shape or truth.ndim != 4 or truth.shape[0] != len(CLASSES):
+            raise ValueError(f"expected two ({len(CLASSES)}, D, H, W) arrays, got {truth.shape} and {pred.shape}")
+        classes, slices = np.divmod(np.arange(truth.shape[0] * truth.shape[1]), truth.shape[1])
+        terms.add(truth, pred, classes, slices)
+        n_rows, n_case_days = n_rows + classes.size, n_case_days + 1
+    return {**terms.result(), "n_rows": n_rows, "n_case_days": n_case_days}
+
+
+class _Terms:
+    """The Dice rows and Hausdorff volumes of the case-days scored so far, and the score they make."""
+
+    def __init__(self, empty_dice: str, hausdorff_volume: str):
+        if empty_dice not in EMPTY_DICE_CHOICES:
+            raise ValueError(f"empty_dice must be one of {EMPTY_DICE_CHOICES}, got {empty_dice!r}")
+        if hausdorff_volume not in HAUSDORFF_VOLUME_CHOICES:
+            raise ValueError(f"hausdorff_volume must be one of {HAUSDORFF_VOLUME_CHOICES}, "
+                             f"got {hausdorff_volume!r}")
+        self.empty_dice, self.hausdorff_volume = empty_dice, hausdorff_volume
+        self.dice: list[float] = []
+        self.classes: list[int] = []
+        self.hausdorff: list[float] = []
+
+    def add(self, true_masks: np.ndarray, pred_masks: np.ndarray, classes: np.ndarray, slices: np.ndarray) -> None:
+        """One case-day: ``(3, D, H, W)`` masks and the (organ, slice) index of each truth row."""
+        n_true = true_masks.sum(axis=(2, 3))[classes, slices]
+        n_pred = pred_masks.sum(axis=(2, 3))[classes, slices]
+        n_both = (true_masks & pred_masks).sum(axis=(2, 3))[classes, slices]
         total = n_true + n_pred
         keep = total > 0
-        dice = np.ones(len(c), dtype=np.float64)
+        dice = np.ones(len(classes), dtype=np.float64)
         dice[keep] = 2.0 * n_both[keep] / total[keep]
-        if empty_dice == "skip":
-            dice, c = dice[keep], c[keep]
-        dice_values.extend(dice.tolist())
-        dice_classes.extend(c.tolist())
-
-        if hausdorff_volume == "union":
+        if self.empty_dice == "skip":
+            dice, classes = dice[keep], classes[keep]
+        self.dice.extend(dice.tolist())
+        self.classes.extend(classes.tolist())
+        if self.hausdorff_volume == "union":
             pairs = [(true_masks.any(axis=0), pred_masks.any(axis=0))]
         else:
             pairs = [(true_masks[i], pred_masks[i]) for i in range(len(CLASSES))]
         for t, p in pairs:
             value = normalized_hausdorff(t, p)
             if value is not None:
-                hausdorff_values.append(value)
+                self.hausdorff.append(value)
 
-    dice_values_arr, dice_classes_arr = np.array(dice_values), np.array(dice_classes, dtype=int)
-    dice_mean = _mean(dice_values_arr)
-    hausdorff_mean = _mean(np.array(hausdorff_values))
-    return {
-        "score": DICE_WEIGHT * dice_mean + HAUSDORFF_WEIGHT * (1.0 - hausdorff_mean),
-        "dice": dice_mean,
-        "hausdorff": hausdorff_mean,
-        "dice_per_class": {cls: _mean(dice_values_arr[dice_classes_arr == i]) for i, cls in enumerate(CLASSES)},
-        "n_rows": int(len(truth)),
-        "n_dice_rows": int(dice_values_arr.size),
-        "n_case_days": int(truth["case_day"].nunique()),
-        "n_hausdorff_volumes": len(hausdorff_values),
-        "conventions": {"empty_dice": empty_dice, "hausdorff_volume": hausdorff_volume,
-                        "rle": "row-major, 1-indexed start/length"},
-    }
+    def result(self) -> dict:
+        dice, classes = np.array(self.dice), np.array(self.classes, dtype=int)
+        dice_mean, hausdorff_mean = _mean(dice), _mean(np.array(self.hausdorff))
+        return {"score": DICE_WEIGHT * dice_mean + HAUSDORFF_WEIGHT * (1.0 - hausdorff_mean),
+                "dice": dice_mean, "hausdorff": hausdorff_mean,
+                "dice_per_class": {cls: _mean(dice[classes == i]) for i, cls in enumerate(CLASSES)},
+                "n_dice_rows": int(dice.size), "n_hausdorff_volumes": len(self.hausdorff),
+                "conventions": {"empty_dice": self.empty_dice, "hausdorff_volume": self.hausdorff_volume,
+                                "rle": "row-major, 1-indexed start/length"}}
 
 
 def truth_to_submission(truth_csv: str | os.PathLike, out_csv: str | os.PathLike) -> Path:

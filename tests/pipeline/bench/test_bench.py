@@ -106,6 +106,32 @@ def test_compare_model_specs_change_options_over_the_benchmark_defaults(monkeypa
         compare.parse_model_spec("unet2d:depth")
 
 
+def test_compare_scores_gi_predictions_as_the_competition_scores_their_csv(tmp_path, tiny_manifest):
+    from seg25d.pipeline.io import read_volume, write_mask
+    from seg25d.pipeline.kaggle.layout import import_kaggle, read_train_csv
+    from seg25d.pipeline.kaggle.score import score_submission
+    from seg25d.pipeline.manifest import read_manifest, write_manifest
+    from seg25d.pipeline.synth.gi import write_gi_dataset
+
+    root = tmp_path / "gi"
+    write_gi_dataset(root, cases=2, seed=1, days=(1, 1), slices=(8, 10), sizes=[(40, 32, 1.5, 1.5)], progress=False)
+    manifest = import_kaggle(root, tmp_path / "nifti")
+    cases = read_manifest(manifest).assign(split="test")
+    write_manifest(manifest, cases)
+    missed = cases.case_id.iat[0]  # its stomach (bit 4) is left out of the prediction
+    for case in read_manifest(manifest).itertuples():
+        label = read_volume(case.label)
+        write_mask(tmp_path / "pred" / f"{case.case_id}.nii.gz",
+                   label.array & ~np.uint8(4) if case.case_id == missed else label.array, label.meta)
+    submission = read_train_csv(root / "train.csv").rename(columns={"segmentation": "predicted"})
+    submission.loc[submission.id.str.startswith(missed + "_") & (submission["class"] == "stomach"), "predicted"] = ""
+    submission[["id", "class", "predicted"]].to_csv(tmp_path / "submission.csv", index=False)
+    expected = score_submission(tmp_path / "submission.csv", root / "train.csv", root)["score"]
+    assert 0.3 < expected < 0.95
+    assert compare._kaggle_score(tmp_path / "pred", manifest) == pytest.approx(expected)
+    assert compare._kaggle_score(tmp_path / "pred", tiny_manifest) is None  # vessels: no competition score
+
+
 def test_ablation_runs_the_chosen_entries_in_ladder_order(monkeypatch, tmp_path):
     from seg25d.pipeline.bench import ablation
 

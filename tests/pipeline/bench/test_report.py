@@ -104,6 +104,21 @@ def test_encoder_entries_are_judged_against_their_own_model(tmp_path):
     assert _row(section, "`unet2d`")[-1] == "ahead"  # against the reference
 
 
+def test_kaggle_scores_are_a_column_with_their_standard_error(tmp_path):
+    scores = [0.61, 0.64, 0.66]
+    for seed in range(3):
+        rows = [_compare_row("projection25d", 0.5), _compare_row("projection25d scale=1", 0.6)]
+        for row, score in zip(rows, (scores[seed], 0.7)):
+            row["kaggle_score"] = score
+        _write(tmp_path / "r" / f"gi{seed}.json",
+               {"benchmark": "compare", "provenance": _provenance(f"seg25d bench compare --seed {seed}"),
+                "manifest": "data/g/manifest.csv", "budget_minutes": 15, "seed": seed, "config": "gi", "rows": rows})
+    section = _section(render_benchmarks([tmp_path / "r"], tmp_path), "Models on g")
+    assert "| HD95 vessel mm | Kaggle score | steps |" in section
+    assert _row(section, "`projection25d`")[3] == f"{np.mean(scores):.3f} ± {np.std(scores, ddof=1) / math.sqrt(3):.3f}"
+    assert _row(section, "`projection25d scale=1`")[-1] == "ahead"
+
+
 def test_an_unmeasured_hd95_is_an_empty_cell(tmp_path):
     empty = {**_compare_row("unet2d", 0.0), "hd95_vessel": None}  # predicted nothing: no surface distance
     _write(tmp_path / "r" / "c.json", {"benchmark": "compare", "provenance": _provenance("seg25d bench compare"),

@@ -16,7 +16,7 @@ from seg25d.pipeline.cli import main as cli_main
 from seg25d.pipeline.errors import InputError
 from seg25d.pipeline.kaggle.layout import CLASSES
 from seg25d.pipeline.kaggle.rle import rle_encode
-from seg25d.pipeline.kaggle.score import normalized_hausdorff, score_submission, truth_to_submission
+from seg25d.pipeline.kaggle.score import normalized_hausdorff, score_submission, score_volumes, truth_to_submission
 
 SQRT3 = math.sqrt(3.0)
 LB, SB, ST = 0, 1, 2  # class indices in CLASSES order
@@ -110,6 +110,28 @@ def test_missed_organ_and_per_class_hausdorff(tmp_path):
     assert per_class["n_hausdorff_volumes"] == 2 and union["n_hausdorff_volumes"] == 1
     assert per_class["dice"] == union["dice"]
     assert per_class["score"] == pytest.approx(0.4 * 0.5 + 0.6 * 0.5)
+
+
+@pytest.mark.parametrize("empty_dice", ["skip", "one"])
+@pytest.mark.parametrize("volume", ["union", "per_class"])
+def test_score_of_arrays_equals_score_of_the_submission_csv(tmp_path, empty_dice, volume):
+    rng = np.random.default_rng(3)
+    cases = {}
+    for case, shape in ((1, (3, 5, 12, 16)), (2, (3, 3, 10, 14))):
+        truth = np.zeros(shape, dtype=bool)
+        truth[:, 1:-1, 2:8, 3:9] = rng.random(truth[:, 1:-1, 2:8, 3:9].shape) < 0.6
+        truth[LB] = False  # an organ absent from one case-day
+        pred = truth ^ (rng.random(shape) < 0.05)
+        cases[(case, 0)] = (truth, pred)
+    cases[(2, 0)][1][SB] = False  # an organ missed
+    truth_csv, sub_csv = write_pair(tmp_path, cases)
+    expected = score_submission(sub_csv, truth_csv, tmp_path, empty_dice=empty_dice, hausdorff_volume=volume)
+    result = score_volumes(cases.values(), empty_dice=empty_dice, hausdorff_volume=volume)
+    assert result.pop("conventions") == expected.pop("conventions")
+    assert result.pop("dice_per_class") == pytest.approx(expected.pop("dice_per_class"), nan_ok=True)
+    assert result == pytest.approx(expected)
+    with pytest.raises(ValueError, match=r"\(3, D, H, W\)"):
+        score_volumes([(np.zeros((2, 3, 4, 4), bool), np.zeros((2, 3, 4, 4), bool))])
 
 
 def test_both_empty_case_day_is_skipped(tmp_path):
