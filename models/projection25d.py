@@ -2,9 +2,11 @@
 
 ``x -> MIP from P views -> shared 2D U-Net -> lift -> head -> logits``. Lifting uses MIP lifting (each view's
 output put back at the depth its ray's maximum came from), the filtration F and the backprojection (the Radon
-adjoint), or both. With ``slabs`` each view gives one MIP per band of depth along its rays (thick-slab MIPs),
-so that structures hidden behind brighter ones on a ray are seen and lifted; with ``sum_input`` the U-Net also
-sees each ray's line sum, in which nothing hides a dim structure. The head is the paper's fine-tuning
+adjoint), slab lifting (each output spread over its band of the ray), or several. With ``slabs`` each view
+gives one MIP per band of depth along its rays (thick-slab MIPs), so that structures hidden behind brighter ones
+on a ray are seen and lifted; ``projection="mean"`` takes each band's mean intensity instead, where soft tissue
+keeps its share; with ``sum_input`` the U-Net also sees each ray's line sum, in which nothing hides a dim
+structure. The head is the paper's fine-tuning
 operator T (average pooling, learnable affine normalisation, sigmoid in the loss) or a light
 full-resolution head that also sees the input volume.
 
@@ -39,7 +41,9 @@ from torch.utils.checkpoint import checkpoint
 from seg25d.models.feeding import Feeding
 from seg25d.models.registry import register_model
 from seg25d.models.encoders import build_unet2d
-from seg25d.projections import MaxIntensityProjection, RayBackprojection, RayTransform, multi_axis_geometry
+from seg25d.projections import (
+    MaxIntensityProjection, RayBackprojection, RayTransform, SlabMeanProjection, multi_axis_geometry,
+)
 from seg25d.reconstruction import Filtration, FineTuning, local_mean
 
 __all__ = ["Projection25D", "Projection25DOptions", "Encoded", "VolumeHead", "Refinement", "PRESETS",
@@ -54,7 +58,8 @@ CHECKPOINT_VOXELS = 1_000_000
 
 #: the filtration F starts as the paper's ramp filter
 FILTER_INIT = "ramp"
-LIFTS = ("backproject", "mip")
+LIFTS = ("backproject", "mip", "slab")
+PROJECTIONS = ("max", "mean")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +72,8 @@ class Projection25DOptions:
         train_directions: views drawn at random per training forward (path 1), spread over the axes.
         features: channels per view and lift kind (None: one per output channel); the first ``K`` of all are
             the views' 2D segmentation logits (auxiliary loss).
-        lift: ``("backproject",)``, ``("mip",)`` or both; each lifts its own ``features`` channels.
+        lift: some of ``"backproject"``, ``"mip"`` (needs ``projection="max"``) and ``"slab"`` (each image's
+            features spread evenly over its band of the ray); each lifts its own ``features`` channels.
         filter_per_view: one filtration kernel per view (else one shared); F starts as the ramp filter.
         filter_size: length of the filtration kernel.
         head: ``"paper"`` (T: average pooling, affine, sigmoid) or ``"volume"`` (:class:`VolumeHead`, sees the
@@ -78,8 +84,9 @@ class Projection25DOptions:
         scale: 1 works on the input grid; 2 on a half-resolution grid (the input average- and max-pooled),
             followed by :class:`Refinement` at full resolution; ``"auto"`` is resolved from the training
             volumes' size with :func:`resolve_scale` before building (the trainer does).
-        slabs: each view gives ``slabs`` thick-slab MIPs (one per band of depth along its rays), each segmented
-            by the U-Net and MIP-lifted from its own maxima; backprojection lifts each view's mean over its slabs.
+        slabs: each view gives ``slabs`` images (one per band of depth along its rays), each segmented by the
+            U-Net and MIP- or slab-lifted on its own band; backprojection lifts each view's mean over its slabs.
+        projection: the images: ``"max"`` (slab MIPs) or ``"mean"`` (slab means, :class:`SlabMeanProjection`).
         sum_input: each image goes to the U-Net with a second channel per image channel, its rays' line sums
             (the Radon transform, standardised per image), the same for all slabs of a view.
         spacing: voxel size ``(D, H, W)`` of the working grid in mm, so that views are taken in physical space
@@ -99,6 +106,7 @@ class Projection25DOptions:
     aux_loss: bool = True
     scale: int | str = 1
     slabs: int = 3
+    projection: str = "max"
     sum_input: bool = True
     spacing: tuple[float, float, float] | None = None
 
@@ -113,6 +121,10 @@ class Projection25DOptions:
         if not 1 <= self.train_directions <= self.directions * len(self.axes):
             raise ValueError(f"train_directions must be in [1, {self.directions * len(self.axes)}], "
                              f"got {self.train_directions}")
+        if self.projection not in PROJECTIONS:
+            raise ValueError(f"projection must be one of {PROJECTIONS}, got {self.projection!r}")
+        if self.projection == "mean" and "mip" in self.lift:
+            raise ValueError("MIP lifting puts features at each ray's maximum: it needs projection='max'")
         if int(self.slabs) < 1:
             raise ValueError(f"slabs must be at least 1, got {self.slabs}")
         if self.head not in ("paper", "volume"):
@@ -267,6 +279,7 @@ class Projection25D(nn.Module):
         self.axes, self.directions, self.train_directions = options.axes, options.directions, options.train_directions
         self.features, self.lift_kinds, self.aux_loss = features, lift, options.aux_loss
         self.out_channels, self.scale, self.slabs = out_channels, options.scale, int(options.slabs)
+        self.projection = options.projection
         core_channels = in_channels * (2 if self.scale == 2 else 1)  # average- and max-pooled at scale 2
         self.sum_input = bool(options.sum_input)
         self.unet = build_unet2d(core_channels * (1 + self.sum_input), features * len(lift), **options.unet)
@@ -366,12 +379,14 @@ class Projection25D(nn.Module):
         return torch.where(inside, logits, OUTSIDE_LOGIT)
 
     def _project(self, core: torch.Tensor, views: torch.Tensor) -> tuple:
-        """The U-Net's input images ``(B, C, m * slabs, V, U)``, the MIP argmax and the views' geometry on the
-        core grid."""
+        """The U-Net's input images ``(B, C, m * slabs, V, U)``, the MIP argmax (for MIP lifting) and the views'
+        geometry on the core grid."""
         geometry = self.geometry(core.shape[2:])[views.cpu().numpy()]
         argmax = None
         mip = MaxIntensityProjection(geometry, self.slabs)
-        if "mip" in self.lift_kinds and core.shape[1] == 1:
+        if self.projection == "mean":
+            images = SlabMeanProjection(geometry, self.slabs)(core)
+        elif "mip" in self.lift_kinds and core.shape[1] == 1:
             images, argmax = mip.with_argmax(core)
         else:
             images = mip(core)
@@ -409,6 +424,8 @@ class Projection25D(nn.Module):
             if self.slabs > 1:
                 per_view = per_view.unflatten(2, (m, self.slabs)).mean(dim=3)
             parts.append(RayBackprojection(geometry)(self.filtration(per_view / m, view_index)))
+        if "slab" in groups:
+            parts.append(SlabMeanProjection(geometry, self.slabs).lift(groups["slab"] / m))
         if "mip" in groups:
             mip = MaxIntensityProjection(geometry, self.slabs)
             ones = torch.ones_like(groups["mip"][:, :1])

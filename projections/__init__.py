@@ -17,12 +17,14 @@ from seg25d.projections.geometry import (
     sphere_geometry, uniform_angles,
 )
 from seg25d.projections.detector import resample_views
-from seg25d.projections.operators import MaxIntensityProjection, RayBackprojection, RayTransform, projector_plan
+from seg25d.projections.operators import (
+    MaxIntensityProjection, RayBackprojection, RayTransform, SlabMeanProjection, projector_plan,
+)
 
 __all__ = [
     "project", "as_geometry", "Geometry", "axis_geometry", "multi_axis_geometry", "sphere_geometry",
     "direction_geometry", "fibonacci_directions", "uniform_angles", "RayTransform", "RayBackprojection",
-    "MaxIntensityProjection", "projector_plan", "resample_views", "AXIS_NAMES", "MODES",
+    "MaxIntensityProjection", "SlabMeanProjection", "projector_plan", "resample_views", "AXIS_NAMES", "MODES",
 ]
 
 MODES = ("mip", "radon")

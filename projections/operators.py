@@ -25,7 +25,7 @@ from seg25d.projections import general_views
 from seg25d.projections.axis_tables import mip_tables, splat_matrix
 from seg25d.projections.geometry import Geometry, plane_axes
 
-__all__ = ["RayTransform", "RayBackprojection", "MaxIntensityProjection", "projector_plan"]
+__all__ = ["RayTransform", "RayBackprojection", "MaxIntensityProjection", "SlabMeanProjection", "projector_plan"]
 
 _CHUNK = 1 << 20  # elements per MIP temporary: keeps gathers in cache and memory below the volume's size
 
@@ -70,6 +70,7 @@ class _AxisGroup:
                                       device=device)  # the row of each entry
         self._subsets: collections.OrderedDict = collections.OrderedDict()
         self._slab_index: dict[tuple[int, int], torch.Tensor] = {}
+        self._slab_weights: dict[tuple[int, int], tuple[torch.Tensor, dict]] = {}
         perm = (2 + self.p, 2 + self.q, 2 + self.axis, 0, 1)
         self.perm, self.inverse = perm, tuple(int(i) for i in np.argsort(perm))
 
@@ -209,6 +210,70 @@ class _AxisGroup:
             y = torch.where(mask[:, None], y, fill.view(rows, b, c)[0].view(b, c, 1, 1, 1))
         return y, (args.view(-1, u_count, cols) if want_argmax else None)
 
+    def slab_weights(self, view: int, slabs: int, kind: str):
+        """``(band, weight)`` of a view's Joseph samples: the band (slab) of each of a ray's ``K`` samples, and
+        each sample's weight ``(U * K, 1)`` in its band's ``"mean"`` (1 over the band's valid samples) or
+        ``"sum"`` (1); 0 for samples outside the volume."""
+        key = (view, slabs)
+        if key not in self._slab_weights:
+            i0, _, _, k = self.mip_tables[view]
+            if k < slabs:
+                raise ValueError(f"{slabs} slabs need at least {slabs} samples per ray, the volume has {k}")
+            bounds = [j * k // slabs for j in range(slabs + 1)]  # the bands of slab_samples (and slab MIP)
+            band = torch.tensor([s for s in range(slabs) for _ in range(bounds[s], bounds[s + 1])], device=self.device)
+            valid = (i0 != self.n_plane).to(self.dtype).view(-1, k)
+            counts = valid.new_zeros(valid.shape[0], slabs).index_add_(1, band, valid)
+            weight = valid / counts.clamp_min(1)[:, band]
+            self._slab_weights[key] = (band, {"mean": weight.reshape(-1, 1), "sum": valid.reshape(-1, 1)})
+        band, weights = self._slab_weights[key]
+        return band, weights[kind]
+
+    def slab_reduce(self, x, local: np.ndarray, slabs: int, kind: str):
+        """Mean (``kind="mean"``) or sum (``"sum"``) over the samples inside the volume of each band of every ray
+        of the views ``local``: ``(B, C, len(local) * slabs, V, U)`` like :meth:`mip`, 0 where a band holds none."""
+        b, c = x.shape[:2]
+        rows = self.geometry.shape[self.axis]
+        cols = rows * b * c
+        xe = x.new_zeros(self.n_plane + 1, cols)  # the plane layout plus a row of zeros for invalid samples
+        shape = self.geometry.shape
+        xe[:-1].view(shape[self.p], shape[self.q], rows, b, c).copy_(x.permute(self.perm))
+        u_count = self.geometry.detector_shape[1]
+        out = xe.new_empty(len(local), slabs, u_count, cols)
+        for n, view in enumerate(local):
+            i0, i1, alpha, k = self.mip_tables[view]
+            band, weight = self.slab_weights(view, slabs, kind)
+            chunk = max(1, _CHUNK // (k * cols))
+            for s in range(0, u_count, chunk):
+                e = min(u_count, s + chunk)
+                sl = slice(s * k, e * k)
+                v = torch.lerp(xe.index_select(0, i0[sl]), xe.index_select(0, i1[sl]), alpha[sl]) * weight[sl]
+                sums = v.new_zeros(e - s, slabs, cols).index_add_(1, band, v.view(e - s, k, cols))
+                out[n, :, s:e] = sums.transpose(0, 1)
+        return self.from_volume_rows(out.view(-1, cols), b, c, len(local) * slabs)
+
+    def slab_spread(self, y, local: np.ndarray, kind: str):
+        """The adjoint of :meth:`slab_reduce` of the same ``kind``: each image value back onto its band's samples
+        with their weights; ``y`` holds the views ``local`` of this group, in order (each view's slabs
+        consecutive)."""
+        b, c = y.shape[:2]
+        u_count = self.geometry.detector_shape[1]
+        slabs = y.shape[2] // len(local)
+        yt = self.to_volume_rows(y)
+        cols = yt.shape[-1]
+        yt = yt.view(len(local), slabs, u_count, cols)
+        out = yt.new_zeros(self.n_plane + 1, cols)
+        for n, view in enumerate(local):
+            i0, i1, alpha, k = self.mip_tables[view]
+            band, weight = self.slab_weights(view, slabs, kind)
+            chunk = max(1, _CHUNK // (k * cols))
+            for s in range(0, u_count, chunk):
+                e = min(u_count, s + chunk)
+                sl = slice(s * k, e * k)
+                v = yt[n, :, s:e].index_select(0, band).transpose(0, 1).reshape(-1, cols) * weight[sl]
+                out.index_add_(0, i0[sl], v * (1 - alpha[sl]))
+                out.index_add_(0, i1[sl], v * alpha[sl])
+        return self.from_plane(out[:-1], b, c)
+
     def mip_lift(self, y, args, local: np.ndarray):
         """``y`` holds the views ``local`` of this group, in order (each view's slabs consecutive); ``args``
         from :meth:`mip` on them.
@@ -273,6 +338,12 @@ class _GeneralGroup:
         results = [general_views.mip(self.geometry, self.views[n], xt, want_argmax) for n in local]
         y = self._stack([r[0] for r in results], *x.shape[:2])
         return y, ([r[1] for r in results] if want_argmax else None)
+
+    def slab_reduce(self, x, local: np.ndarray, slabs: int, kind: str):
+        raise NotImplementedError("slab means are implemented for views about a coordinate axis only")
+
+    def slab_spread(self, y, local: np.ndarray, kind: str):
+        raise NotImplementedError("slab means are implemented for views about a coordinate axis only")
 
     def mip_lift(self, y, args, local: np.ndarray):
         n_vox = self.coords.shape[0]
@@ -378,6 +449,22 @@ class _PlanView:
             out = part.contiguous() if out is None else out.add_(part)
         return out
 
+    def slab_reduce(self, x, slabs: int, kind: str):
+        self._check_volume(x)
+        x = x.contiguous()
+        return self._place([(positions, group.slab_reduce(x, local, slabs, kind))
+                            for group, local, positions in self.plan.split(self.views)], x, slabs)
+
+    def slab_spread(self, y, kind: str):
+        slabs = y.shape[2] // max(1, len(self.views))
+        self._check_projections(y, slabs)
+        y = y.contiguous()
+        out = None
+        for group, local, positions in self.plan.split(self.views):
+            part = group.slab_spread(y.index_select(2, self.plan.images(positions, slabs)), local, kind)
+            out = part.contiguous() if out is None else out.add_(part)
+        return out
+
 
 @functools.lru_cache(maxsize=16)
 def _cached_plan(geometry: Geometry, device: str, dtype: torch.dtype) -> _Plan:
@@ -425,6 +512,28 @@ class _MIPFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         return projector_plan(ctx.geometry, grad).mip_lift(grad, ctx.args), None, None
+
+
+class _SlabMeanFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, geometry, slabs):
+        ctx.geometry = geometry
+        return projector_plan(geometry, x).slab_reduce(x, slabs, "mean")
+
+    @staticmethod
+    def backward(ctx, grad):
+        return projector_plan(ctx.geometry, grad).slab_spread(grad, "mean"), None, None
+
+
+class _SlabLiftFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, y, geometry, slabs):
+        ctx.geometry, ctx.slabs = geometry, slabs
+        return projector_plan(geometry, y).slab_spread(y, "sum")
+
+    @staticmethod
+    def backward(ctx, grad):
+        return projector_plan(ctx.geometry, grad).slab_reduce(grad, ctx.slabs, "sum"), None, None
 
 
 class RayTransform:
@@ -514,3 +623,30 @@ class MaxIntensityProjection:
     def __repr__(self) -> str:
         slabs = f", slabs={self.slabs}" if self.slabs > 1 else ""
         return f"MaxIntensityProjection({self.geometry!r}{slabs})"
+
+
+class SlabMeanProjection:
+    """Mean intensity along every ray of ``geometry``, per band of ``slabs`` equal bands of its samples (views
+    about a coordinate axis only; Joseph sampling as :class:`MaxIntensityProjection`, samples outside the volume
+    left out of the mean). Linear: soft tissue a maximum would hide behind brighter structures keeps its share.
+    Projections ``(B, C, P * slabs, V, U)``, each view's slabs consecutive, in the order of their bands.
+
+    Its derivative is its exact adjoint; :meth:`lift` spreads detector data (e.g. 2D masks) back over the bands
+    at full strength.
+    """
+
+    def __init__(self, geometry: Geometry, slabs: int = 1):
+        if int(slabs) < 1:
+            raise ValueError(f"slabs must be >= 1, got {slabs}")
+        self.geometry, self.slabs = geometry, int(slabs)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return _SlabMeanFn.apply(x, self.geometry, self.slabs)
+
+    def lift(self, y: torch.Tensor) -> torch.Tensor:
+        """Each detector value of ``y`` ``(B, C, P * slabs, V, U)`` put on every sample of its band inside the
+        volume (linearly interpolated onto the voxels): the adjoint of the bands' sums. Differentiable."""
+        return _SlabLiftFn.apply(y, self.geometry, self.slabs)
+
+    def __repr__(self) -> str:
+        return f"SlabMeanProjection({self.geometry!r}, slabs={self.slabs})"

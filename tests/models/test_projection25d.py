@@ -66,6 +66,9 @@ def test_presets_full_size_shapes(preset):
     ({"scale": 2, "lift": ("backproject", "mip")}, 2, 2),
     ({"slabs": 2}, 2, 1),
     ({"slabs": 3, "scale": 2, "lift": ("mip",)}, 1, 2),
+    ({"projection": "mean", "lift": ("slab",), "slabs": 2}, 3, 1),
+    ({"projection": "mean", "lift": ("slab", "backproject"), "scale": 2}, 2, 2),
+    ({"lift": ("mip", "slab"), "slabs": 2}, 2, 1),
 ])
 def test_output_shapes(options, out_channels, in_channels):
     model = _tiny(out_channels, in_channels, **options)
@@ -330,6 +333,31 @@ def test_bf16_autocast_keeps_the_geometry_in_fp32():
         loss = model(x).float().mean()
     loss.backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_slab_means_feed_the_unet_and_slab_lifting_spreads_its_features():
+    """``projection="mean"``: the U-Net sees each band's mean intensity (with the line sums), and ``lift="slab"``
+    gives the head each image's features spread over its band, averaged over the views."""
+    from seg25d.projections import SlabMeanProjection
+
+    model = _tiny(2, projection="mean", lift=("slab",), slabs=2).eval()
+    model.unet = torch.nn.Identity()  # features = the U-Net's input images (2 channels: means, line sums)
+    x = _volume(batch=1, seed=4)
+    views = model.inference_views()
+    with torch.no_grad():
+        encoded = model.encode(x, views)
+    geometry = model.geometry(SHAPE)[views.numpy()]
+    inside = _shadow_mask(geometry, 2, encoded.features.shape[2:])
+    means = SlabMeanProjection(geometry, 2)(x)
+    torch.testing.assert_close(encoded.features[:, :1][..., inside], means[..., inside])
+    assert encoded.argmax is None
+    with torch.no_grad():
+        evidence = model._lift(encoded)
+    torch.testing.assert_close(evidence, SlabMeanProjection(geometry, 2).lift(encoded.features) / len(views))
+    with pytest.raises(ValueError, match="needs projection='max'"):
+        _tiny(1, projection="mean", lift=("mip",))
+    with pytest.raises(ValueError, match="projection must be one of"):
+        _tiny(1, projection="median")
 
 
 def test_sum_input_in_presets():

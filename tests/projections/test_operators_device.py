@@ -14,8 +14,8 @@ import scipy.sparse
 import torch
 
 from seg25d.projections import (
-    MaxIntensityProjection, RayBackprojection, RayTransform, axis_geometry, direction_geometry, multi_axis_geometry,
-    projector_plan, resample_views, sphere_geometry,
+    MaxIntensityProjection, RayBackprojection, RayTransform, SlabMeanProjection, axis_geometry, direction_geometry,
+    multi_axis_geometry, projector_plan, resample_views, sphere_geometry,
 )
 from seg25d.projections.axis_tables import splat_matrix
 from seg25d.reconstruction import Filtration, backproject, lift_mip
@@ -86,11 +86,15 @@ def test_mip_argmax_and_lifting_agree_with_the_cpu(device, name):
 
 
 @pytest.mark.parametrize("name", ["axis, subset of views", "three axes, spacing"])
-def test_slab_mip_agrees_with_the_cpu(device, name):
+def test_slab_mip_and_means_agree_with_the_cpu(device, name):
     geometry = GEOMETRIES[name]()
     x = _rand(1, 2, *SHAPE, seed=6).float()
     mip = MaxIntensityProjection(geometry, slabs=2)
     assert torch.equal(mip(x.to(device)).cpu(), mip(x))
+    means = SlabMeanProjection(geometry, slabs=2)
+    _close32(means(x.to(device)), means(x.double()))
+    y = _rand(1, 2, len(geometry) * 2, *geometry.detector_shape, seed=9)
+    _close32(means.lift(y.float().to(device)), means.lift(y))
 
 
 @pytest.mark.parametrize("name", list(GEOMETRIES))

@@ -1,4 +1,4 @@
-"""Tests of the projection operators (radon, its adjoint, MIP) against independent references.
+"""Tests of the projection operators (radon, its adjoint, MIP, slab means) against independent references.
 
 References used: the dot-product test for adjointness, mass conservation, plain ``amax`` along volume axes for
 MIP at axis-aligned angles, hand-computed Joseph interpolation at half-voxel offsets, finite differences for
@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from seg25d.projections import (
-    Geometry, MaxIntensityProjection, RayBackprojection, RayTransform, as_geometry, axis_geometry,
-    direction_geometry, fibonacci_directions, multi_axis_geometry, project, projector_plan, sphere_geometry,
-    uniform_angles,
+    Geometry, MaxIntensityProjection, RayBackprojection, RayTransform, SlabMeanProjection,
+    as_geometry, axis_geometry, direction_geometry, fibonacci_directions, multi_axis_geometry, project,
+    projector_plan, sphere_geometry, uniform_angles,
 )
 from seg25d.reconstruction import backproject
 
@@ -615,6 +615,66 @@ def test_slab_mip_invalid_inputs_raise():
         MaxIntensityProjection(axis_geometry((3, 2, 5), [0.0]), 3)(_rand(1, 1, 3, 2, 5))
     with pytest.raises(NotImplementedError, match="coordinate axis"):
         MaxIntensityProjection(_geometry("sphere"), 2)(_rand(1, 1, *_geometry("sphere").shape))
+
+
+# ---------------------------------------------------------------------------------------------- slab means
+
+
+@pytest.mark.parametrize("slabs", [1, 3])
+@pytest.mark.parametrize("name", ["axis-D", "axis-H", "multi-axis"])
+def test_slab_means_and_lift_pass_dot_product_tests_with_their_gradients(name, slabs):
+    """The means' gradient is their adjoint, and the lift's gradient (the bands' sums) is the lift's adjoint:
+    each forward and backward is its own code."""
+    g = _geometry(name)
+    mean = SlabMeanProjection(g, slabs)
+    x = _rand(2, 3, *g.shape, seed=21).requires_grad_(True)
+    y = _rand(2, 3, len(g) * slabs, *g.detector_shape, seed=22).requires_grad_(True)
+    mx, lifted = mean(x), mean.lift(y)
+    assert mx.shape == y.shape and lifted.shape == x.shape
+    ((mx * y.detach()).sum() + (lifted * x.detach()).sum()).backward()
+    assert _dot_error((mx * y).sum().detach(), (x * x.grad).sum().detach()) < 1e-12
+    assert _dot_error((lifted * x).sum().detach(), (y * y.grad).sum().detach()) < 1e-12
+
+
+@pytest.mark.parametrize("slabs", [1, 2, 3])
+@pytest.mark.parametrize("shape", [(5, 7, 9), (4, 12, 10)])
+def test_slab_means_at_zero_about_d_are_the_means_over_bands_of_h(shape, slabs):
+    """At angle 0 the rays run along H: slab j is the mean over the j-th of ``slabs`` equal bands of H rows."""
+    g = axis_geometry(shape, [0.0, PI / 2])
+    x = _rand(2, 3, *shape)
+    y = SlabMeanProjection(g, slabs)(x)
+    U, H, W = g.detector_shape[1], shape[1], shape[2]
+    off_w, off_h = (U - W) // 2, (U - H) // 2
+    for j, band in enumerate(_bands(H, slabs)):
+        torch.testing.assert_close(y[:, :, j, :, off_w:off_w + W], x[:, :, :, band].mean(dim=3))
+    for j, band in enumerate(_bands(W, slabs)):  # at pi/2 along W, the detector reversed as for MIP
+        torch.testing.assert_close(y[:, :, slabs + j, :, off_h:off_h + H], x[..., band].mean(dim=4).flip(-1))
+    assert torch.equal(y[:, :, :slabs, :, :off_w], torch.zeros_like(y[:, :, :slabs, :, :off_w]))  # rays missing it
+    # the lift puts each image value on every voxel of its band
+    images = _rand(2, 3, 2 * slabs, *g.detector_shape, seed=5)
+    at_zero = torch.cat([images[:, :, j, :, None, off_w:off_w + W].expand(-1, -1, -1, band.stop - band.start, -1)
+                         for j, band in enumerate(_bands(H, slabs))], dim=3)
+    at_half_pi = torch.cat([images[:, :, slabs + j, :, off_h:off_h + H].flip(-1)[..., None]
+                            .expand(-1, -1, -1, -1, band.stop - band.start) for j, band in enumerate(_bands(W, slabs))],
+                           dim=4)
+    torch.testing.assert_close(SlabMeanProjection(g, slabs).lift(images), at_zero + at_half_pi)
+
+
+def test_slab_means_of_a_constant_are_the_constant_where_a_band_meets_the_volume():
+    g = _geometry("multi-axis")
+    y = SlabMeanProjection(g, 2)(torch.full((1, 1, *g.shape), 3.0, dtype=torch.float64))
+    met = y != 0  # samples outside the volume are left out of the mean, not averaged in as zeros
+    torch.testing.assert_close(y[met], torch.full_like(y[met], 3.0))
+    assert met.double().mean() > 0.3
+
+
+def test_slab_means_invalid_inputs_raise():
+    with pytest.raises(ValueError, match="slabs"):
+        SlabMeanProjection(axis_geometry((3, 4, 5), [0.0]), 0)
+    with pytest.raises(ValueError, match="samples per ray"):
+        SlabMeanProjection(axis_geometry((3, 2, 5), [0.0]), 3)(_rand(1, 1, 3, 2, 5))
+    with pytest.raises(NotImplementedError, match="coordinate axis"):
+        SlabMeanProjection(_geometry("sphere"), 2)(_rand(1, 1, *_geometry("sphere").shape))
 
 
 # ------------------------------------------------------------------------------------------ geometry objects
