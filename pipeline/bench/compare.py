@@ -121,8 +121,14 @@ def parse_model_spec(spec: str) -> tuple[str, dict]:
     """``"NAME"`` or ``"NAME:KEY=VALUE,..."`` (values as JSON, else text) into the model's name and the options
     that replace its benchmark defaults, e.g. ``"projection25d:scale=1"``."""
     name, _, rest = spec.partition(":")
+    items, depth, start = [], 0, 0
+    for i, char in enumerate(rest + ","):  # commas inside brackets belong to a list value
+        depth += (char in "[{") - (char in "]}")
+        if char == "," and depth == 0:
+            items.append(rest[start:i])
+            start = i + 1
     changes = {}
-    for item in filter(None, rest.split(",")):
+    for item in filter(None, items):
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
             raise InputError(spec, f"model option {item!r} is not KEY=VALUE")

@@ -102,6 +102,8 @@ def test_compare_model_specs_change_options_over_the_benchmark_defaults(monkeypa
     assert options[2] == {}
     assert options[3]["slices"] == 5 and options[3]["stride"] == 2  # the preset's own model keeps its other options
     assert compare.parse_model_spec("unet2d") == ("unet2d", {})
+    assert compare.parse_model_spec('projection25d:lift=["slab","mip"],slabs=8,projection=mean') == \
+        ("projection25d", {"lift": ["slab", "mip"], "slabs": 8, "projection": "mean"})
     with pytest.raises(InputError, match="'depth' is not KEY=VALUE"):
         compare.parse_model_spec("unet2d:depth")
 
