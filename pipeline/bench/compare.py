@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from seg25d.pipeline.atomic import write_csv, write_json, write_text
@@ -223,8 +224,9 @@ def _kaggle_score(pred_dir: Path, manifest: Path) -> float | None:
     def pairs():  # imported volumes are (slices, rows, columns), the layout the score reads
         for case in rows.itertuples(index=False):
             label = Path(case.label)
-            yield (spec.masks(read_volume(label).array),
-                   spec.masks(read_volume(find_prediction(pred_dir, str(case.case_id), label)).array))
+            truth = read_volume(label).array
+            found = find_prediction(pred_dir, str(case.case_id), label)  # none: scored as empty, as the competition
+            yield spec.masks(truth), spec.masks(read_volume(found).array if found else np.zeros_like(truth))
 
     return float(score_volumes(pairs())["score"])
 

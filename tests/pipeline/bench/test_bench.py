@@ -131,6 +131,12 @@ def test_compare_scores_gi_predictions_as_the_competition_scores_their_csv(tmp_p
     expected = score_submission(tmp_path / "submission.csv", root / "train.csv", root)["score"]
     assert 0.3 < expected < 0.95
     assert compare._kaggle_score(tmp_path / "pred", manifest) == pytest.approx(expected)
+    lost = cases.case_id.iat[1]  # a prediction that is not there counts as predicting nothing
+    (tmp_path / "pred" / f"{lost}.nii.gz").unlink()
+    submission.loc[submission.id.str.startswith(lost + "_"), "predicted"] = ""
+    submission[["id", "class", "predicted"]].to_csv(tmp_path / "submission.csv", index=False)
+    expected = score_submission(tmp_path / "submission.csv", root / "train.csv", root)["score"]
+    assert compare._kaggle_score(tmp_path / "pred", manifest) == pytest.approx(expected)
     assert compare._kaggle_score(tmp_path / "pred", tiny_manifest) is None  # vessels: no competition score
 
 
