@@ -335,12 +335,13 @@ def _models_table(data: dict) -> str:
 
 
 def _oracle_table(data: dict) -> str:
-    rows = [[r["directions"], str(r["views"]), _f(r["visual_hull_dice"], 3), _f(r["mip_lift_dice"], 3),
-             _f(r["hull_and_mip_lift_dice"], 3)] for r in data["rows"]]
+    rows = [[r["directions"], str(r["views"]), str(r.get("slabs", 1)), _f(r["visual_hull_dice"], 3),
+             _f(r["mip_lift_dice"], 3), _f(r["hull_and_mip_lift_dice"], 3)] for r in data["rows"]]
     cases = data["rows"][0].get("cases", "") if data["rows"] else ""
-    return (f"Perfect view masks (the binarised MIP of the true mask) lifted back, mean Dice over {cases} test "
-            "volumes: the visual hull, MIP lifting (the brightest voxel of each ray whose mask is on), and both.\n\n"
-            + _table(["directions", "views", "visual hull", "MIP lifting", "both"], rows))
+    return (f"Perfect view masks (the binarised slab MIPs of each class's true mask) lifted back, mean Dice over the "
+            f"classes and {cases} test volumes: the visual hull (each slab image covering its band of the rays), MIP "
+            "lifting (the brightest voxel of each band of a ray whose mask is on), and both.\n\n"
+            + _table(["directions", "views", "slabs", "visual hull", "MIP lifting", "both"], rows))
 
 
 def _kaggle_cv_table(data: dict) -> str:

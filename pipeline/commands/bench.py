@@ -65,6 +65,8 @@ def register(subparsers) -> None:
     oracle = sub.add_parser("oracle", help="Dice of perfect view masks lifted back, per direction set")
     oracle.add_argument("--manifest", type=Path, required=True, help="manifest with labels")
     oracle.add_argument("--split", default="test", choices=("train", "val", "test"), help="cases to use (default test)")
+    oracle.add_argument("--slabs", type=int, nargs="+", default=[1], metavar="N",
+                        help="slab counts per view to lift from (default 1: whole rays; above 1 for the axis views)")
     oracle.add_argument("--out", type=Path, help="CSV file for the results")
     oracle.set_defaults(func=_oracle)
 
@@ -166,7 +168,7 @@ def _oracle(args) -> int:
 
     from seg25d.pipeline.bench.oracle import bench_oracle
 
-    rows = bench_oracle(args.manifest, args.split)
+    rows = bench_oracle(args.manifest, args.split, slabs=args.slabs)
     frame = pd.DataFrame(rows)
     print(frame.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     if args.out:

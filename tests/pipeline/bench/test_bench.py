@@ -42,14 +42,42 @@ def test_step_warms_up_random_view_models_over_their_crop_shapes():
 
 
 def test_oracle_ceilings_are_dice_values(tiny_manifest):
-    sets = {"one axis": ("axes", (0,), 4), "three axes": ("axes", (0, 1, 2), 2)}
-    rows = oracle.bench_oracle(tiny_manifest, "test", sets)
-    assert [r["directions"] for r in rows] == list(sets)
+    sets = {"one axis": ("axes", (0,), 4), "three axes": ("axes", (0, 1, 2), 2), "sphere": ("sphere", None, 3)}
+    rows = oracle.bench_oracle(tiny_manifest, "test", sets, slabs=(1, 2))
+    assert [(r["directions"], r["slabs"]) for r in rows] == [("one axis", 1), ("one axis", 2), ("three axes", 1),
+                                                             ("three axes", 2), ("sphere", 1)]  # no sphere slabs
     for r in rows:
         for key in ("visual_hull_dice", "mip_lift_dice", "hull_and_mip_lift_dice"):
             assert 0.0 < r[key] <= 1.0
+    by = {(r["directions"], r["slabs"]): r for r in rows}
+    assert by[("three axes", 2)]["visual_hull_dice"] >= by[("three axes", 1)]["visual_hull_dice"]  # bands carve
     with pytest.raises(InputError, match="no labelled cases"):
         oracle.bench_oracle(tiny_manifest, "nonexistent", sets)
+
+
+@pytest.mark.parametrize("slabs", [1, 7])
+def test_oracle_hull_of_one_axis_view_is_the_mask_grown_across_its_rays(slabs):
+    """One view at angle 0 about D (rays along H): with one slab per H row, the hull is each row of the mask
+    dilated by the grown detector cell in D and W; with one slab, every H row gets the union of the rows."""
+    from scipy import ndimage
+
+    from seg25d.projections import axis_geometry
+
+    rng = np.random.default_rng(0)
+    mask = ndimage.binary_opening(rng.random((6, 7, 9)) > 0.45)
+    image = rng.random(mask.shape).astype(np.float32)
+    in_hull, at_maxima = oracle.lifted_ceilings(image, mask, axis_geometry(mask.shape, [0.0]), slabs)
+    rows = mask if slabs == 7 else np.broadcast_to(mask.any(axis=1, keepdims=True), mask.shape)
+    np.testing.assert_array_equal(in_hull, ndimage.binary_dilation(rows, np.ones((3, 1, 3), bool)))
+    # MIP lifting: in each band of each ray whose mask is on, its brightest voxel
+    bands = np.array_split(np.arange(7), slabs)
+    expected = np.zeros_like(mask)
+    for band in bands:
+        hit = mask[:, band].any(axis=1)
+        brightest = band[image[:, band].argmax(axis=1)]
+        d, w = np.nonzero(hit)
+        expected[d, brightest[d, w], w] = True
+    np.testing.assert_array_equal(at_maxima, expected)
 
 
 def test_compare_helpers():
