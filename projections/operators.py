@@ -1,4 +1,4 @@
-"""Projectors built from a :class:`~seg25d.projections.geometry.Geometry`: Radon, its adjoint, and MIP.
+"""Projectors built from a :class:`~seg25d.projections.geometry.Geometry`: Radon, its adjoint, MIP and slab means.
 
 Inner product: the plain sum over voxels and over detector cells. :class:`RayBackprojection` is the exact
 transpose of :class:`RayTransform` (``<R x, y> = <x, R* y>`` to rounding), and autograd uses each as the

@@ -1,12 +1,16 @@
 """``seg25d bench oracle``: how much of a 3D mask the views can give back at best, per direction set and slab count.
 
-Perfect per-view masks (the binarised slab MIPs of each class's true mask) are lifted back two ways: the visual
-hull (a voxel is kept when every view's mask, grown by one detector cell, covers it; each image covers only its
-own band of the rays, so thin slabs carve concave shapes the full rays cannot; general views: whole rays) and MIP lifting
-(a voxel is kept when it is the brightest voxel of its band of a ray whose view mask is on, i.e. ``lift`` of
-the masks at the image's own maxima). Their Dice against the true mask, the mean over classes and volumes, is
-the ceiling a projection network with that lifting and those directions faces before any learning. Views are
-taken in physical space (each volume's voxel size), as ``projection25d`` takes them.
+Perfect per-view masks (the binarised slab MIPs of each class's true mask) are lifted back two ways:
+
+- the visual hull: a voxel is kept when every view's mask, grown by one detector cell, covers it. Each image
+  covers only its own band of the rays, so thin slabs carve concave shapes that whole rays cannot (general views:
+  whole rays);
+- MIP lifting: a voxel is kept when it is the brightest voxel of its band of a ray whose view mask is on, i.e.
+  ``lift`` of the masks at the image's own maxima.
+
+Their Dice against the true mask, the mean over classes and volumes, is the ceiling a projection network with
+that lifting and those directions faces before any learning. Views are taken in physical space (each volume's
+voxel size), as ``projection25d`` takes them.
 """
 
 from __future__ import annotations
