@@ -2,9 +2,9 @@
 
 Perfect per-view masks (the binarised slab MIPs of each class's true mask) are lifted back two ways:
 
-- the visual hull: a voxel is kept when every view's mask, grown by one detector cell, covers it. Each image
-  covers only its own band of the rays, so thin slabs carve concave shapes that whole rays cannot (general views:
-  whole rays);
+- the visual hull: a voxel is kept when every view's mask, grown by one detector cell, covers it (backprojected
+  along whole rays; with slabs, each image spread over its own band of the rays, so thin slabs carve concave
+  shapes that whole rays cannot);
 - MIP lifting: a voxel is kept when it is the brightest voxel of its band of a ray whose view mask is on, i.e.
   ``lift`` of the masks at the image's own maxima.
 
@@ -55,8 +55,7 @@ def lifted_ceilings(image: np.ndarray, mask: np.ndarray, geometry, slabs: int = 
     # the silhouettes grown by one detector cell, so that interpolating them at a thin structure's projected
     # centre reads 1 (the hull is then at most a voxel too wide, never eroded)
     grown = torch.nn.functional.max_pool2d(views[0, 0], 3, stride=1, padding=1)[None, None]
-    axis_views = -1 not in geometry.view_groups  # bands are cut along the axis views' sampling
-    spread = SlabMeanProjection(geometry, slabs).lift if axis_views else RayBackprojection(geometry)
+    spread = SlabMeanProjection(geometry, slabs).lift if slabs > 1 else RayBackprojection(geometry)  # whole rays
     coverage = spread(grown) / spread(torch.ones_like(grown)).clamp_min(1e-12)
     in_hull = (coverage[0, 0] >= 1 - 0.5 / len(geometry)).numpy()
     _, argmax = mip.with_argmax(torch.from_numpy(image.astype(np.float32))[None, None])
