@@ -30,6 +30,15 @@ __all__ = ["RayTransform", "RayBackprojection", "MaxIntensityProjection", "SlabM
 _CHUNK = 1 << 20  # elements per MIP temporary: keeps gathers in cache and memory below the volume's size
 
 
+def _ray_chunks(u_count: int, k: int, cols: int):
+    """``(first ray, last ray + 1, their samples' slice)`` of detector columns in chunks of about ``_CHUNK``
+    sampled values (``k`` samples per ray, ``cols`` values per sample)."""
+    chunk = max(1, _CHUNK // (k * cols))
+    for s in range(0, u_count, chunk):
+        e = min(u_count, s + chunk)
+        yield s, e, slice(s * k, e * k)
+
+
 def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape) -> torch.Tensor:
     with warnings.catch_warnings():  # "sparse CSR support is in beta": the operations used here are stable
         warnings.simplefilter("ignore", UserWarning)
@@ -189,10 +198,7 @@ class _AxisGroup:
         for n, view in enumerate(local):
             i0, i1, alpha, k = self.mip_tables[view]
             index = self.slab_samples(k, slabs)
-            chunk = max(1, _CHUNK // (k * cols))
-            for s in range(0, u_count, chunk):
-                e = min(u_count, s + chunk)
-                sl = slice(s * k, e * k)
+            for s, e, sl in _ray_chunks(u_count, k, cols):
                 v = torch.lerp(xe.index_select(0, i0[sl]), xe.index_select(0, i1[sl]), alpha[sl]).view(e - s, k, cols)
                 v = v.unsqueeze(1) if index is None else v[:, index]  # (e - s, slabs, L, cols)
                 if want_argmax:
@@ -242,10 +248,7 @@ class _AxisGroup:
         for n, view in enumerate(local):
             i0, i1, alpha, k = self.mip_tables[view]
             band, weight = self.slab_weights(view, slabs, kind)
-            chunk = max(1, _CHUNK // (k * cols))
-            for s in range(0, u_count, chunk):
-                e = min(u_count, s + chunk)
-                sl = slice(s * k, e * k)
+            for s, e, sl in _ray_chunks(u_count, k, cols):
                 v = torch.lerp(xe.index_select(0, i0[sl]), xe.index_select(0, i1[sl]), alpha[sl]) * weight[sl]
                 sums = v.new_zeros(e - s, slabs, cols).index_add_(1, band, v.view(e - s, k, cols))
                 out[n, :, s:e] = sums.transpose(0, 1)
@@ -265,10 +268,7 @@ class _AxisGroup:
         for n, view in enumerate(local):
             i0, i1, alpha, k = self.mip_tables[view]
             band, weight = self.slab_weights(view, slabs, kind)
-            chunk = max(1, _CHUNK // (k * cols))
-            for s in range(0, u_count, chunk):
-                e = min(u_count, s + chunk)
-                sl = slice(s * k, e * k)
+            for s, e, sl in _ray_chunks(u_count, k, cols):
                 v = yt[n, :, s:e].index_select(0, band).transpose(0, 1).reshape(-1, cols) * weight[sl]
                 out.index_add_(0, i0[sl], v * (1 - alpha[sl]))
                 out.index_add_(0, i1[sl], v * alpha[sl])
